@@ -1,0 +1,36 @@
+# VGG-Flow benchmark: finetune flow models to rewards with VGG-Flow and baselines, evaluate, report.
+# Table of contents only; rules live in workflow/rules, helpers in workflow/rules/common.smk.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/digits.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/metrics.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        table_targets(),
+        figure_targets(),
+
+
+rule train_all:
+    input:
+        train_targets(),
+
+
+rule figures:
+    input:
+        table_targets(),
+        figure_targets(),

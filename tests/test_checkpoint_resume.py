@@ -1,0 +1,96 @@
+"""A run stopped after k updates and resumed ends exactly where an uninterrupted run ends."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import torch
+
+from vggflow.config import RunConfig, write_yaml_atomic
+from vggflow.train import STATE_FILE, Interrupted, Outputs, Trainer
+
+
+def final_parameters(trainer):
+    return {f"{name}.{k}": v.detach().clone() for name, m in trainer.modules.items()
+            for k, v in m.named_parameters() if v.requires_grad}
+
+
+def publish(trainer, root):
+    outputs = Outputs(root / "lora", root / "log.csv", root / "samples.pt")
+    trainer.publish(outputs)
+    return outputs
+
+
+@pytest.mark.parametrize("method", ["vggflow", "refl"])
+def test_stop_and_resume_equals_uninterrupted(make_run_config, tmp_path, method):
+    cfg = RunConfig.from_mapping(make_run_config(method_name=method))
+    straight = Trainer(cfg, tmp_path / "a" / "state", threads=1)
+    straight.run()
+    expected = final_parameters(straight)
+    out_a = publish(straight, tmp_path / "a")
+
+    first = Trainer(cfg, tmp_path / "b" / "state", threads=1)
+    with pytest.raises(Interrupted):
+        first.run(stop_after_steps=1)
+    assert first.step == 1 and (tmp_path / "b" / "state" / STATE_FILE).exists()
+    assert not (tmp_path / "b" / "log.csv").exists()  # nothing published before the end
+    second = Trainer(cfg, tmp_path / "b" / "state", threads=1)
+    second.run()
+    assert second.step == cfg.train.max_steps
+    got = final_parameters(second)
+    assert set(got) == set(expected)
+    for key in expected:
+        assert torch.equal(got[key], expected[key]), key
+    out_b = publish(second, tmp_path / "b")
+    log_a, log_b = pd.read_csv(out_a.log_csv), pd.read_csv(out_b.log_csv)
+    assert log_a["step"].tolist() == log_b["step"].tolist() == list(range(1, 5))
+    assert log_a["reward_mean"].tolist() == log_b["reward_mean"].tolist()
+    samples_a = torch.load(out_a.samples, weights_only=False)
+    samples_b = torch.load(out_b.samples, weights_only=False)
+    assert samples_a["steps"] == [0, 2, 4]
+    assert torch.equal(samples_a["images"], samples_b["images"])
+    assert sorted(p.name for p in out_b.lora_dir.iterdir()) == ["step0", "step2", "step4"]
+
+
+def test_state_of_another_config_is_set_aside(make_run_config, tmp_path):
+    cfg = RunConfig.from_mapping(make_run_config(method_name="refl"))
+    with pytest.raises(Interrupted):
+        Trainer(cfg, tmp_path / "state", threads=1).run(stop_after_steps=1)
+    other = RunConfig.from_mapping(make_run_config(method_name="refl", seed=5))
+    trainer = Trainer(other, tmp_path / "state", threads=1)
+    assert not trainer.try_resume()
+    assert trainer.step == 0
+    assert any(p.name.startswith("state.stale-") for p in tmp_path.iterdir())
+
+
+def test_sigint_saves_state_and_the_rerun_finishes(make_run_config, tmp_path):
+    cfg = make_run_config(method_name="refl", train={"max_steps": 3000, "checkpoint_every": 1000,
+                                                     "eval_every": 1000})
+    config_path = tmp_path / "config.yaml"
+    write_yaml_atomic(cfg, config_path)
+    args = [sys.executable, "-m", "vggflow", "train", "--config", str(config_path), "--state-dir",
+            str(tmp_path / "state"), "--lora-dir", str(tmp_path / "lora"), "--log-csv",
+            str(tmp_path / "log.csv"), "--samples", str(tmp_path / "samples.pt"), "--threads", "1"]
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = tmp_path / "state" / "train_log.csv"
+    deadline = time.time() + 120
+    while (not log.exists() or len(log.read_text().splitlines()) < 5) and time.time() < deadline:
+        time.sleep(0.2)
+    os.kill(process.pid, signal.SIGINT)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 130, output
+    state = torch.load(tmp_path / "state" / STATE_FILE, weights_only=False)
+    assert 5 <= state["step"] < 3000
+    assert not (tmp_path / "log.csv").exists()
+    # The same command continues from the saved update (3 more updates, then stop again).
+    rerun = subprocess.run(args + ["--stop-after", "3"], capture_output=True, text=True,
+                           timeout=120)
+    assert rerun.returncode == 130
+    resumed = f"resumed from {tmp_path / 'state' / STATE_FILE} at update {state['step']}"
+    assert resumed in rerun.stdout
+    rows = pd.read_csv(log)
+    assert rows["step"].tolist() == list(range(1, state["step"] + 4))

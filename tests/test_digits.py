@@ -1,0 +1,60 @@
+import torch
+
+from vggflow.suites.digits import DigitsSuite
+
+
+def test_rewards_are_differentiable_and_frozen(digits_resources):
+    suite = DigitsSuite(digits_resources)
+    prompts = [f"a handwritten {d}" for d in range(4)]
+    for name in ("thickness", "margin"):
+        reward = suite.reward(name)
+        images = torch.rand(4, 1, 8, 8, requires_grad=True)
+        scores = reward(images, prompts)
+        assert scores.shape == (4,) and scores.dtype == torch.float32
+        scores.sum().backward()
+        assert images.grad is not None and images.grad.abs().sum() > 0
+        assert not any(p.requires_grad for p in reward.net.parameters())
+
+
+def test_margin_reward_depends_on_the_prompt(digits_resources):
+    reward = DigitsSuite(digits_resources).reward("margin")
+    images = torch.rand(2, 1, 8, 8)
+    a = reward(images, ["a handwritten 1", "a handwritten 1"])
+    b = reward(images, ["a handwritten 7", "a handwritten 7"])
+    assert not torch.allclose(a, b)
+
+
+def test_thickness_reward_prefers_thick_strokes(digits_resources):
+    reward = DigitsSuite(digits_resources).reward("thickness")
+    thin = torch.zeros(1, 1, 8, 8)
+    thin[..., 1:7, 4] = 1.0
+    thick = torch.zeros(1, 1, 8, 8)
+    thick[..., 1:7, 3:6] = 1.0
+    assert reward(thick, [""]) > reward(thin, [""])
+
+
+def test_lora_starts_at_the_base_model_and_round_trips(digits_resources, tmp_path):
+    suite = DigitsSuite(digits_resources, lora_rank=4, lora_alpha=4)
+    model = suite.flow_model
+    x, t = torch.randn(3, 1, 8, 8), torch.rand(3)
+    cond = model.encode_prompts(["a handwritten 3"] * 3)
+    assert torch.equal(model.velocity(x, t, cond), model.base_velocity(x, t, cond))
+    trainable = [p for p in model.adapter().parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n, p in model.adapter().named_parameters()
+                             if p.requires_grad)
+    with torch.no_grad():
+        for p in trainable:
+            p.add_(0.1 * torch.randn_like(p))
+    tuned = model.velocity(x, t, cond)
+    assert not torch.allclose(tuned, model.base_velocity(x, t, cond))
+    model.save_adapter(tmp_path / "lora")
+    fresh = DigitsSuite(digits_resources, lora_rank=4, lora_alpha=4).flow_model
+    fresh.load_adapter(tmp_path / "lora")
+    assert torch.allclose(fresh.velocity(x, t, cond), tuned)
+
+
+def test_reference_images_and_features(digits_resources):
+    suite = DigitsSuite(digits_resources)
+    ref = suite.reference_images("a handwritten 5")
+    assert ref.ndim == 4 and len(ref) > 20
+    assert suite.features(ref).shape == (len(ref), 64)

@@ -1,0 +1,107 @@
+"""The workflow the catalog way: lint, dry runs, bad configs, and a real run of .test/."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from conftest import REPO
+
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+
+
+def snakemake(*args: str, cwd: Path = REPO, timeout: int = 900) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([*SNAKEMAKE, *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def test_lint_is_clean():
+    result = snakemake("--lint", "--cores", "1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Lints for" not in result.stdout + result.stderr
+
+
+def test_dry_run_of_the_default_benchmark_plans_every_run():
+    result = snakemake("-n", "--cores", "2", "--quiet", "rules")
+    assert result.returncode == 0, result.stderr
+    counts = {}
+    for line in result.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit():
+            counts[parts[0]] = int(parts[1])
+    config = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    runs = len(config["rewards"]) * len(config["methods"]) * len(config["seeds"])
+    assert counts.get("train") == runs and counts.get("metrics") == runs
+
+
+@pytest.fixture
+def bad_config(tmp_path):
+    def write(patch: dict) -> Path:
+        config = yaml.safe_load((REPO / "config/config.yaml").read_text())
+        for key, value in patch.items():
+            if isinstance(value, dict):
+                config[key].update(value)
+            else:
+                config[key] = value
+        path = tmp_path / "config.yaml"
+        path.write_text(yaml.safe_dump(config))
+        return path
+
+    return write
+
+
+@pytest.mark.parametrize(
+    ("patch", "message"),
+    [
+        ({"methods": ["vggflow", "reefl"]},
+         "unknown method(s) 'reefl'; available methods: refl, vggflow"),
+        ({"rewards": ["margin", "aesthetics"]}, "unknown reward(s) 'aesthetics'"),
+        ({"train": {"max_step": 10}}, "unknown key(s) 'max_step' in train; allowed keys:"),
+        ({"train": {"max_steps": 0}}, "train.max_steps: 0 is less than the minimum of 1"),
+        ({"train": {"max_steps": -5}}, "train.max_steps: -5 is less than the minimum of 1"),
+    ],
+)
+def test_bad_config_stops_before_any_job(bad_config, tmp_path, patch, message):
+    result = snakemake("-n", "--cores", "1", "--configfile", str(bad_config(patch)),
+                       "--directory", str(tmp_path), "--snakefile", str(REPO / "Snakefile"))
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "Config error, nothing was run." in output
+    assert message in output, output
+    assert not (tmp_path / "results").exists()
+
+
+def test_tiny_workflow_runs_end_to_end():
+    workdir = REPO / ".test"
+    for generated in ("results", "resources", "logs", "benchmarks", ".snakemake"):
+        shutil.rmtree(workdir / generated, ignore_errors=True)
+    result = snakemake("--directory", ".test", "--cores", "2")
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    for path in ("results/tables/summary.csv", "results/tables/summary.md",
+                 "results/figures/convergence_margin.png", "results/figures/convergence_margin.pdf",
+                 "results/figures/convergence_thickness.png", "results/metrics/all.csv",
+                 "results/runs/margin/vggflow/seed0/provenance.json",
+                 "results/runs/margin/vggflow/seed0/lora/step4/adapter_model.safetensors",
+                 "benchmarks/train/margin/vggflow/seed0.tsv", "logs/train/margin/refl/seed0.log"):
+        assert (workdir / path).exists(), path
+    metrics = pd.read_csv(workdir / "results/metrics/all.csv")
+    assert set(metrics["method"]) == {"vggflow", "refl"}
+    assert sorted(metrics["step"].unique()) == [0, 2, 4]
+    assert {"reward_margin", "reward_thickness", "diversity_evalnet", "fd_prior_evalnet",
+            "fd_ref_evalnet"} <= set(metrics["metric"])
+    base = metrics[(metrics["step"] == 0) & (metrics["metric"] == "fd_prior_evalnet")]
+    assert (base["value"].abs() < 1e-6).all()  # step 0 is the base model itself
+    table = pd.read_csv(workdir / "results/tables/summary.csv")
+    assert {"reward", "method", "metric", "mean", "std", "seeds", "step"} <= set(table.columns)
+    assert set(table["method"]) == {"base", "vggflow", "refl"}
+    # nothing left to do: a second invocation schedules no job
+    again = snakemake("--directory", ".test", "--cores", "2", "-n")
+    assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr

@@ -1,0 +1,1 @@
+"""Pure analysis: DataFrames in, files out (tables and figures)."""

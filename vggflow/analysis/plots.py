@@ -1,0 +1,44 @@
+"""Convergence plots: every metric against the update step, mean with a ± std band over seeds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from vggflow.analysis.style import PALETTE, label, metric_family, ordered_methods
+
+
+def convergence(data: pd.DataFrame, reward: str, path: str | Path) -> None:
+    """One panel per metric of the runs trained on ``reward``; writes ``path`` (and a PDF)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    runs = data[data["reward"] == reward]
+    if runs.empty:
+        raise ValueError(f"no metrics for reward {reward!r}")
+    metrics = [m for m in sorted(runs["metric"].unique(), key=lambda m: (metric_family(m), m))
+               if not m.startswith("reward_") or m == f"reward_{reward}"]
+    methods = ordered_methods(runs["method"])
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.2), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        sns.lineplot(data=runs[runs["metric"] == metric], x="step", y="value", hue="method",
+                     hue_order=methods, palette=PALETTE, errorbar="sd", marker="o",
+                     markersize=3, ax=ax, legend=ax is axes[0][0])
+        ax.set_title(metric)
+        ax.set_xlabel("update step")
+        ax.set_ylabel("")
+    legend = axes[0][0].get_legend()
+    if legend is not None:
+        for text in legend.get_texts():
+            text.set_text(label(text.get_text()))
+        legend.set_title(None)
+    fig.suptitle(f"Finetuning on {reward} (mean ± std over seeds)")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    fig.savefig(path.with_suffix(".pdf"))
+    plt.close(fig)

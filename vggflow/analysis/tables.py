@@ -1,0 +1,71 @@
+"""Tables: mean ± std over seeds at the last update, with the base model as the first row.
+
+Input: the long metrics table (columns reward, method, seed, step, metric, value), where
+``reward`` is the reward the run was trained on. The base model's row comes from step 0, which
+every run shares (the LoRA starts at zero).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from vggflow.analysis.style import BASE, label, metric_family, ordered_methods
+
+COLUMNS = ["reward", "method", "seed", "step", "metric", "value"]
+
+
+def collect(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """Concatenate per-run metric tables and check their columns."""
+    data = pd.concat(frames, ignore_index=True)
+    missing = set(COLUMNS) - set(data.columns)
+    if missing:
+        raise ValueError(f"metrics tables lack column(s) {sorted(missing)}")
+    return data[COLUMNS].sort_values(["reward", "method", "seed", "step", "metric"])
+
+
+def summary(data: pd.DataFrame) -> pd.DataFrame:
+    """One row per (trained reward, method, metric): mean, std and count over seeds."""
+    last = data[data["step"] == data.groupby(["reward", "method", "seed"])["step"].transform("max")]
+    base = data[data["step"] == 0].drop_duplicates(["reward", "seed", "metric"]).copy()
+    base = base[base["method"] == base.groupby(["reward"])["method"].transform("first")]
+    base["method"] = BASE
+    rows = pd.concat([base, last])
+    table = (
+        rows.groupby(["reward", "method", "metric"])
+        .agg(step=("step", "max"), mean=("value", "mean"), std=("value", "std"),
+             seeds=("seed", "nunique"))
+        .reset_index()
+    )
+    table["std"] = table["std"].fillna(0.0)
+    order = {m: i for i, m in enumerate(ordered_methods(table["method"]))}
+    table["_m"] = table["method"].map(order)
+    table["_f"] = table["metric"].map(metric_family)
+    return table.sort_values(["reward", "_m", "_f", "metric"]).drop(columns=["_m", "_f"])
+
+
+def to_markdown(table: pd.DataFrame, path: str | Path, digits: int = 3) -> None:
+    """One Markdown table per trained reward: methods as rows, metrics as 'mean ± std' columns."""
+    lines = []
+    for reward, block in table.groupby("reward", sort=False):
+        metrics = sorted(block["metric"].unique(), key=lambda m: (metric_family(m), m))
+        lines += [f"## Trained on `{reward}` (mean ± std over seeds, last update)", ""]
+        lines.append("| method | updates | " + " | ".join(metrics) + " |")
+        lines.append("|---|---:|" + "---:|" * len(metrics))
+        for method in ordered_methods(block["method"]):
+            rows = block[block["method"] == method].set_index("metric")
+            cells = [
+                f"{rows.loc[m, 'mean']:.{digits}g} ± {rows.loc[m, 'std']:.{digits}g}"
+                if m in rows.index else "" for m in metrics
+            ]
+            lines.append(f"| {label(method)} | {int(rows['step'].max())} | " + " | ".join(cells)
+                         + " |")
+        lines.append("")
+    Path(path).write_text("\n".join(lines))
+
+
+def write_tables(data: pd.DataFrame, csv_path: str | Path, markdown_path: str | Path) -> None:
+    table = summary(data)
+    table.to_csv(csv_path, index=False)
+    to_markdown(table, markdown_path)

@@ -1,0 +1,223 @@
+"""``python -m vggflow <command>``: every step of the pipeline, without Snakemake.
+
+Each command reads the files it is given and writes only the paths it is given, atomically.
+Run ``python -m vggflow <command> --help`` for its options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from vggflow.config import ConfigError
+
+
+def _threads(args) -> None:
+    from vggflow.utils.seeding import configure_torch
+
+    configure_torch(args.threads)
+
+
+def cmd_prepare_digits(args) -> None:
+    import numpy as np
+
+    from vggflow.suites.digits import prepare_digits
+    from vggflow.utils.io import atomic_path
+
+    split = prepare_digits(args.holdout_fraction, args.seed)
+    with atomic_path(args.out) as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, **split)
+    print(f"digits: {len(split['train_labels'])} train, {len(split['heldout_labels'])} held out "
+          f"-> {args.out}")
+
+
+def cmd_pretrain_digits(args) -> None:
+    _threads(args)
+    from vggflow.models.digits import pretrain_flow
+    from vggflow.suites.digits import load_split
+    from vggflow.utils.io import torch_save_atomic
+
+    images, labels = load_split(args.data, "train")
+    net, log = pretrain_flow(images, labels, steps=args.steps, batch_size=args.batch_size,
+                             lr=args.lr, hidden=args.hidden, depth=args.depth,
+                             label_dropout=args.label_dropout, ema_decay=args.ema_decay,
+                             seed=args.seed)
+    torch_save_atomic({"arch": net.arch, "state_dict": net.state_dict(), "log": log}, args.out)
+
+
+def cmd_train_digits_reward(args) -> None:
+    _threads(args)
+    import torch
+
+    from vggflow.rewards.digits import train_reward_net
+    from vggflow.suites.digits import load_split
+    from vggflow.utils.io import torch_save_atomic
+
+    images, labels = load_split(args.data, "train")
+    net = train_reward_net(args.name, images, labels, args.steps, args.seed)
+    held_images, held_labels = load_split(args.data, "heldout")
+    with torch.no_grad():
+        out = net(held_images * 2 - 1)
+    if args.name == "margin":
+        accuracy = float((out.argmax(1) == held_labels).float().mean())
+        print(f"margin classifier: held-out accuracy {accuracy:.3f}")
+    torch_save_atomic({"name": args.name, "outputs": out.shape[1],
+                       "state_dict": net.state_dict()}, args.out)
+
+
+def cmd_train_digits_evalnet(args) -> None:
+    _threads(args)
+    import torch
+
+    from vggflow.suites.digits import load_split, train_eval_net
+    from vggflow.utils.io import torch_save_atomic
+
+    images, labels = load_split(args.data, "train")
+    net = train_eval_net(images, labels, args.steps, args.seed)
+    held_images, held_labels = load_split(args.data, "heldout")
+    with torch.no_grad():
+        accuracy = float((net(held_images * 2 - 1).argmax(1) == held_labels).float().mean())
+    print(f"evaluation network: held-out accuracy {accuracy:.3f}")
+    torch_save_atomic({"state_dict": net.state_dict(), "heldout_accuracy": accuracy}, args.out)
+
+
+def cmd_sample_base(args) -> None:
+    _threads(args)
+    from vggflow.config import BaseSampleConfig
+    from vggflow.sampling import sample_images
+    from vggflow.suites import SUITES, load_builtin_suites
+    from vggflow.train import resolve_device
+    from vggflow.utils.io import torch_save_atomic
+
+    cfg = BaseSampleConfig.load(args.config)
+    load_builtin_suites()
+    suite = SUITES.get(cfg.suite)(cfg.resources, device=resolve_device("auto"))
+    model = suite.flow_model
+    prompts = suite.eval_prompts()
+    images = sample_images(model.base_velocity, model, prompts, cfg.eval.images_per_prompt,
+                           cfg.sampler.num_steps, cfg.sampler.guidance_scale, cfg.eval.seed)
+    torch_save_atomic({"steps": [0], "prompts": prompts, "images": images[None]}, args.out)
+    print(f"base samples: {len(prompts)} prompts x {cfg.eval.images_per_prompt} -> {args.out}")
+
+
+def cmd_train(args) -> int:
+    from vggflow.config import RunConfig
+    from vggflow.train import INTERRUPTED_EXIT_CODE, Interrupted, Outputs, Trainer, write_provenance
+
+    cfg = RunConfig.load(args.config)
+    trainer = Trainer(cfg, args.state_dir, threads=args.threads)
+    print(f"train {cfg.method['name']} on {cfg.suite}/{cfg.reward}, seed {cfg.seed}, "
+          f"{cfg.train.max_steps} updates, device {trainer.device}", flush=True)
+    try:
+        trainer.run(stop_after_steps=args.stop_after)
+    except Interrupted as stop:
+        print(stop, file=sys.stderr)
+        return INTERRUPTED_EXIT_CODE
+    trainer.publish(Outputs(Path(args.lora_dir), Path(args.log_csv), Path(args.samples)))
+    if args.provenance:
+        write_provenance(cfg, trainer.device, args.provenance)
+    print(f"done: {trainer.step} updates in {trainer.elapsed:.1f} s of training", flush=True)
+    return 0
+
+
+def cmd_metrics(args) -> None:
+    _threads(args)
+    import pandas as pd
+
+    from vggflow.config import RunConfig
+    from vggflow.metrics.evaluate import step_metrics
+    from vggflow.suites import SUITES, load_builtin_suites
+    from vggflow.utils.io import atomic_path, torch_load
+
+    cfg = RunConfig.load(args.config)
+    load_builtin_suites()
+    suite = SUITES.get(cfg.suite)(cfg.resources, device="cpu")
+    samples = torch_load(args.samples, "run samples")
+    base = torch_load(args.base_samples, "base-model samples")
+    if list(samples["prompts"]) != list(base["prompts"]):
+        raise ValueError("run and base samples use different prompts")
+    rewards = {name: suite.reward(name) for name in cfg.rewards}
+    rows = []
+    for step, images in zip(samples["steps"], samples["images"]):
+        values = step_metrics(images, base["images"][0], samples["prompts"], rewards,
+                              suite.features, suite.feature_backend, suite.reference_images)
+        rows += [{"reward": cfg.reward, "method": cfg.method["name"], "seed": cfg.seed,
+                  "step": step, "metric": k, "value": v} for k, v in values.items()]
+        print(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in values.items()), flush=True)
+    with atomic_path(args.out) as tmp:
+        pd.DataFrame(rows).to_csv(tmp, index=False)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m vggflow", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def command(name, func, help_):
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.set_defaults(func=func)
+        p.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+        return p
+
+    p = command("prepare-digits", cmd_prepare_digits, "split sklearn's digits into train/held-out")
+    p.add_argument("--out", required=True)
+    p.add_argument("--holdout-fraction", type=float, default=0.2)
+    p.add_argument("--seed", type=int, default=0)
+
+    p = command("pretrain-digits", cmd_pretrain_digits, "pretrain the digits flow model")
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--steps", type=int, default=4000)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--depth", type=int, default=3)
+    p.add_argument("--label-dropout", type=float, default=0.15)
+    p.add_argument("--ema-decay", type=float, default=0.999)
+    p.add_argument("--seed", type=int, default=0)
+
+    p = command("train-digits-reward", cmd_train_digits_reward, "train a digits reward network")
+    p.add_argument("--name", required=True, choices=["thickness", "margin"])
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--seed", type=int, default=1)
+
+    p = command("train-digits-evalnet", cmd_train_digits_evalnet,
+                "train the digits evaluation (feature) network")
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--seed", type=int, default=2)
+
+    p = command("sample-base", cmd_sample_base, "evaluation samples of the base model")
+    p.add_argument("--config", required=True, help="base-sample config written by the workflow")
+    p.add_argument("--out", required=True)
+
+    p = command("train", cmd_train, "finetune one run (resumes from --state-dir)")
+    p.add_argument("--config", required=True, help="the run's resolved config.yaml")
+    p.add_argument("--state-dir", required=True, help="resumable state (kept between attempts)")
+    p.add_argument("--lora-dir", required=True, help="output: LoRA exports, one per eval step")
+    p.add_argument("--log-csv", required=True, help="output: per-update training log")
+    p.add_argument("--samples", required=True, help="output: evaluation samples per eval step")
+    p.add_argument("--provenance", help="output: provenance JSON")
+    p.add_argument("--stop-after", type=int, default=None,
+                   help="save the state and exit after this many updates (exit code 130)")
+
+    p = command("metrics", cmd_metrics, "reward, diversity and FD of a run's samples")
+    p.add_argument("--config", required=True)
+    p.add_argument("--samples", required=True)
+    p.add_argument("--base-samples", required=True)
+    p.add_argument("--out", required=True)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result = args.func(args)
+    except (ConfigError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return int(result or 0)

@@ -1,0 +1,60 @@
+"""The method seam: a method turns on-policy rollouts into one loss per trainable module."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+
+from vggflow.registry import Registry
+from vggflow.sampling import Rollout
+
+
+@runtime_checkable
+class Method(Protocol):
+    """A finetuning method.
+
+    The trainer calls :meth:`prepare` once per micro-batch of fresh rollouts, then, for each
+    entry of :meth:`trainable_modules` in order, :meth:`loss` on every prepared micro-batch,
+    back-propagates, clips and steps that module's optimizer. VGG-Flow returns
+    ``{"value_net": ..., "lora": ...}`` and so updates the value network first (Algorithm 1).
+
+    ``loss`` returns a dict with the scalar ``"loss"`` to minimise and any other scalars to log.
+
+    Example::
+
+        method = METHODS.get("refl")(cfg, suite, reward)
+        batch = method.prepare(rollout, generator)
+        out = method.loss("lora", batch, step=0)
+        out["loss"].backward()
+    """
+
+    name: str
+
+    def trainable_modules(self) -> dict[str, nn.Module]: ...
+
+    def optimizer_settings(self, module: str) -> OptimizerSettings: ...
+
+    def prepare(self, rollout: Rollout, generator: torch.Generator) -> Any: ...
+
+    def loss(self, module: str, batch: Any, step: int) -> dict[str, Tensor]: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerSettings:
+    """AdamW settings shared by every method's config block (the paper's defaults)."""
+
+    lr: float = 1e-4
+    weight_decay: float = 1e-2
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip_norm: float = 1.0
+
+    def optimizer(self, lr: float | None = None) -> OptimizerSettings:
+        """The plain optimizer settings of a method's config, optionally with another lr."""
+        return OptimizerSettings(lr=self.lr if lr is None else lr, weight_decay=self.weight_decay,
+                                 adam_betas=self.adam_betas, grad_clip_norm=self.grad_clip_norm)
+
+
+METHODS: Registry[Method] = Registry("method")

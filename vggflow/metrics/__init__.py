@@ -1,0 +1,1 @@
+"""Metrics: rewards, diversity and Fréchet distances, with injectable feature extractors."""

@@ -1,0 +1,1 @@
+"""Flow models behind the :class:`~vggflow.models.base.FlowModel` protocol."""

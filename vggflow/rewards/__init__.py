@@ -1,0 +1,1 @@
+"""Differentiable reward models behind the :class:`~vggflow.rewards.base.Reward` protocol."""

@@ -1,0 +1,322 @@
+"""The generic trainer: on-policy rollout -> the method's losses -> one optimizer step per module.
+
+Everything a run writes lives under its state folder while it runs (full state, CSV log, LoRA
+exports, evaluation samples); the run resumes from there automatically and copies the declared
+outputs into place, atomically, only when it has finished. SIGINT / SIGTERM finish the current
+update, save the state and exit, so a killed run continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import resource
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from vggflow.config import RunConfig
+from vggflow.methods import METHODS, load_builtin_methods
+from vggflow.methods.base import Method
+from vggflow.sampling import Guidance, euler_rollout, sample_images
+from vggflow.suites import SUITES, Suite, load_builtin_suites
+from vggflow.timegrid import uniform_grid
+from vggflow.utils.io import copy_file_atomic, copy_tree_atomic, torch_save_atomic
+from vggflow.utils.seeding import capture_rng_state, restore_rng_state, set_seed
+
+STATE_FILE = "state.pt"
+LOG_FILE = "train_log.csv"
+INTERRUPTED_EXIT_CODE = 130
+
+
+class Interrupted(Exception):
+    """Raised after the state was saved because of a signal or ``stop_after_steps``."""
+
+
+@dataclasses.dataclass
+class Outputs:
+    """The declared outputs a finished run publishes."""
+
+    lora_dir: Path
+    log_csv: Path
+    samples: Path
+
+
+def resolve_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def config_digest(cfg: RunConfig) -> str:
+    return hashlib.sha256(yaml.safe_dump(cfg.raw, sort_keys=True).encode()).hexdigest()
+
+
+def build_suite(cfg: RunConfig, device: str) -> Suite:
+    load_builtin_suites()
+    return SUITES.get(cfg.suite)(cfg.resources, lora_rank=cfg.lora.rank,
+                                 lora_alpha=cfg.lora.alpha, device=device)
+
+
+def build_method(cfg: RunConfig, suite: Suite) -> Method:
+    load_builtin_methods()
+    return METHODS.get(cfg.method["name"])(cfg, suite)
+
+
+def trainable_parameters(module: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    return {name: p for name, p in module.named_parameters() if p.requires_grad}
+
+
+def peak_memory_mb(device: str) -> float:
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class _StopFlag:
+    """Turns the first SIGINT/SIGTERM into a request to stop after the current update."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous = {}
+
+    def __enter__(self) -> _StopFlag:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.signal is not None:  # second signal: stop now
+            raise KeyboardInterrupt
+        self.signal = signum
+        print(f"signal {signum}: saving state after the current update", file=sys.stderr,
+              flush=True)
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig, state_dir: str | Path, threads: int | None = None) -> None:
+        self.cfg = cfg
+        self.state_dir = Path(state_dir)
+        self.device = resolve_device(cfg.train.device)
+        if threads:
+            torch.set_num_threads(threads)
+        set_seed(cfg.seed)
+        self.suite = build_suite(cfg, self.device)
+        self.model = self.suite.flow_model
+        self.reward = self.suite.reward(cfg.reward)
+        self.method = build_method(cfg, self.suite)
+        self.modules = self.method.trainable_modules()
+        self.optimizers = {}
+        for name, module in self.modules.items():
+            settings = self.method.optimizer_settings(name)
+            self.optimizers[name] = torch.optim.AdamW(
+                list(trainable_parameters(module).values()), lr=settings.lr,
+                betas=tuple(settings.adam_betas), weight_decay=settings.weight_decay,
+            )
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.times = uniform_grid(cfg.sampler.num_steps, device=self.device)
+        self.train_prompts = self.suite.train_prompts()
+        self.step = 0
+        self.elapsed = 0.0
+        self.digest = config_digest(cfg)
+
+    # ---------------------------------------------------------------- state
+
+    def state_dict(self) -> dict:
+        return {
+            "step": self.step,
+            "elapsed_s": self.elapsed,
+            "config_digest": self.digest,
+            "modules": {
+                name: {k: v.detach().cpu() for k, v in trainable_parameters(m).items()}
+                for name, m in self.modules.items()
+            },
+            "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
+            "method": self.method.state_dict() if hasattr(self.method, "state_dict") else {},
+            "generator": self.generator.get_state(),
+            "rng": capture_rng_state(),
+        }
+
+    def save_state(self) -> None:
+        torch_save_atomic(self.state_dict(), self.state_dir / STATE_FILE)
+
+    def try_resume(self) -> bool:
+        path = self.state_dir / STATE_FILE
+        if not path.exists():
+            return False
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        if state["config_digest"] != self.digest:
+            suffix = f".stale-{state['config_digest'][:8]}"
+            stale = self.state_dir.with_name(self.state_dir.name + suffix)
+            print(f"state in {self.state_dir} belongs to another config; moved to {stale}; "
+                  "starting from scratch", flush=True)
+            shutil.rmtree(stale, ignore_errors=True)
+            self.state_dir.rename(stale)
+            return False
+        for name, module in self.modules.items():
+            params = trainable_parameters(module)
+            saved = state["modules"][name]
+            if set(saved) != set(params):
+                raise RuntimeError(f"state for {name} in {path} does not match the model")
+            with torch.no_grad():
+                for key, value in saved.items():
+                    params[key].copy_(value)
+        for name, opt in self.optimizers.items():
+            opt.load_state_dict(state["optimizers"][name])
+        if hasattr(self.method, "load_state_dict"):
+            self.method.load_state_dict(state["method"])
+        self.generator.set_state(state["generator"])
+        restore_rng_state(state["rng"])
+        self.step = state["step"]
+        self.elapsed = state["elapsed_s"]
+        self._truncate_log()
+        print(f"resumed from {path} at update {self.step}", flush=True)
+        return True
+
+    def _truncate_log(self) -> None:
+        """Drop log rows written after the saved state (they will be recomputed)."""
+        path = self.state_dir / LOG_FILE
+        if not path.exists():
+            return
+        with path.open() as handle:
+            rows = list(csv.DictReader(handle))
+        kept = [row for row in rows if int(row["step"]) <= self.step]
+        if rows:
+            self._write_log(kept, list(rows[0]), mode="w")
+
+    def _write_log(self, rows: list[dict], fields: list[str], mode: str = "a") -> None:
+        path = self.state_dir / LOG_FILE
+        new = mode == "w" or not path.exists()
+        with path.open(mode, newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=fields)
+            if new:
+                writer.writeheader()
+            writer.writerows(rows)
+
+    # ---------------------------------------------------------------- evaluation
+
+    def _eval_path(self, step: int) -> Path:
+        return self.state_dir / "samples" / f"step{step}.pt"
+
+    def evaluate(self, step: int) -> None:
+        """Sample the evaluation prompts with the shared noise; export the LoRA."""
+        if self._eval_path(step).exists():
+            return
+        images = sample_images(self.model.velocity, self.model, self.suite.eval_prompts(),
+                               self.cfg.eval.images_per_prompt, self.cfg.sampler.num_steps,
+                               self.cfg.sampler.guidance_scale, self.cfg.eval.seed,
+                               chunk_size=self.cfg.train.micro_batch_size)
+        with_adapter = self.state_dir / "lora" / f"step{step}"
+        shutil.rmtree(with_adapter, ignore_errors=True)
+        self.model.save_adapter(with_adapter)
+        torch_save_atomic({"step": step, "images": images}, self._eval_path(step))
+
+    # ---------------------------------------------------------------- training
+
+    def rollout_batch(self):
+        """Fresh on-policy trajectories for one micro-batch (current model, no gradient)."""
+        n = self.cfg.train.micro_batch_size
+        idx = torch.randint(0, len(self.train_prompts), (n,), generator=self.generator)
+        prompts = [self.train_prompts[i] for i in idx.tolist()]
+        noise = torch.randn((n, *self.model.sample_shape), generator=self.generator)
+        guidance = Guidance(self.model.encode_prompts(prompts), self.model.null_condition(n),
+                            self.cfg.sampler.guidance_scale)
+        return euler_rollout(self.model.velocity, noise.to(self.device), self.times, guidance,
+                             prompts)
+
+    def update(self) -> dict:
+        """One optimizer update of every trainable module, in the method's order."""
+        accum = self.cfg.train.accumulation_steps
+        batches, rewards = [], []
+        for _ in range(accum):
+            rollout = self.rollout_batch()
+            with torch.no_grad():
+                rewards.append(self.reward(self.model.decode(rollout.final), rollout.prompts))
+            batches.append(self.method.prepare(rollout, self.generator))
+        rewards = torch.cat(rewards)
+        row = {"reward_mean": float(rewards.mean()), "reward_std": float(rewards.std())}
+        for name, module in self.modules.items():
+            for module_ in self.modules.values():
+                module_.zero_grad(set_to_none=True)
+            logs: dict[str, float] = {}
+            for batch in batches:
+                out = self.method.loss(name, batch, self.step)
+                (out["loss"] / accum).backward()
+                for key, value in out.items():
+                    logs[key] = logs.get(key, 0.0) + float(value) / accum
+            params = list(trainable_parameters(module).values())
+            settings = self.method.optimizer_settings(name)
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, settings.grad_clip_norm)
+            self.optimizers[name].step()
+            row[f"grad_norm_{name}"] = float(grad_norm)
+            for key, value in logs.items():
+                row[f"{name}_{key}" if key == "loss" else key] = value
+        for module_ in self.modules.values():
+            module_.zero_grad(set_to_none=True)
+        return row
+
+    def run(self, stop_after_steps: int | None = None) -> None:
+        """Train to ``max_steps`` (resuming if a state exists); raise Interrupted when stopped."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.try_resume()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        train = self.cfg.train
+        eval_steps = set(train.eval_steps())
+        if self.step in eval_steps:
+            self.evaluate(self.step)
+        session_updates = 0
+        with _StopFlag() as stop:
+            while self.step < train.max_steps:
+                start = time.perf_counter()
+                row = self.update()
+                self.step += 1
+                session_updates += 1
+                self.elapsed += time.perf_counter() - start
+                row = {"step": self.step, "elapsed_s": round(self.elapsed, 4), **row,
+                       "peak_memory_mb": round(peak_memory_mb(self.device), 1)}
+                self._write_log([row], list(row))
+                if self.step in eval_steps:
+                    self.evaluate(self.step)
+                stopping = stop.signal is not None or session_updates == stop_after_steps
+                if (self.step % train.checkpoint_every == 0 or self.step in eval_steps
+                        or self.step == train.max_steps or stopping):
+                    self.save_state()
+                if self.step % train.log_every == 0 or self.step == train.max_steps:
+                    rate = self.elapsed / self.step
+                    eta = rate * (train.max_steps - self.step)
+                    print(f"update {self.step}/{train.max_steps} reward {row['reward_mean']:.4f} "
+                          f"({rate:.3f} s/update, eta {eta:.0f} s)", flush=True)
+                if stopping:
+                    raise Interrupted(f"stopped after update {self.step}; state saved in "
+                                      f"{self.state_dir}")
+
+    def publish(self, outputs: Outputs) -> None:
+        """Copy the finished run's LoRA exports, log and evaluation samples to the outputs."""
+        if self.step != self.cfg.train.max_steps:
+            raise RuntimeError("publish called before training finished")
+        copy_tree_atomic(self.state_dir / "lora", outputs.lora_dir)
+        copy_file_atomic(self.state_dir / LOG_FILE, outputs.log_csv)
+        steps = self.cfg.train.eval_steps()
+        images = torch.stack([torch.load(self._eval_path(s), weights_only=False)["images"]
+                              for s in steps])
+        torch_save_atomic({"steps": steps, "prompts": self.suite.eval_prompts(), "images": images},
+                          outputs.samples)
+
+
+def write_provenance(cfg: RunConfig, device: str, path: str | Path) -> None:
+    from vggflow.utils.provenance import provenance
+
+    info = provenance(cfg.seed, device)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(info, indent=2) + "\n")

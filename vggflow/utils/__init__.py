@@ -1,0 +1,1 @@
+"""Small helpers: atomic files, seeding, provenance."""

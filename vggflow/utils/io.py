@@ -1,0 +1,56 @@
+"""Atomic file writes: a reader never sees a half-written output."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success rename it onto ``path``.
+
+    Works for files and directories; an existing directory at ``path`` is replaced.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.")) / path.name
+    try:
+        yield tmp
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp.parent, ignore_errors=True)
+
+
+def torch_save_atomic(obj: Any, path: str | os.PathLike) -> None:
+    import torch
+
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def torch_load(path: str | os.PathLike, what: str, hint: str = "") -> Any:
+    """Load a torch file, with an error that names the missing file and how to make it."""
+    import torch
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{what} not found at {path}" + (f"; {hint}" if hint else ""))
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def copy_tree_atomic(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    with atomic_path(dst) as tmp:
+        shutil.copytree(src, tmp)
+
+
+def copy_file_atomic(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)

@@ -1,0 +1,125 @@
+# All Python helpers of the workflow: config validation, the run table, path and target functions.
+# The package does the work; these functions only translate config into files and wildcards.
+import sys
+from itertools import product
+from pathlib import Path
+
+sys.path.insert(0, str(Path(workflow.basedir)))
+
+from vggflow.config import (
+    ConfigError,
+    check_names,
+    fill_defaults,
+    load_yaml,
+    method_file_schema,
+    resolve_base_config,
+    resolve_run_config,
+    validate,
+    write_yaml_atomic,
+)
+
+SCHEMAS = Path(workflow.basedir) / "workflow" / "schemas"
+
+
+def _load_checked_config(raw):
+    """Validate the experiment config and every method/reward file it names; stop on problems."""
+    schema = load_yaml(SCHEMAS / "config.schema.yaml")
+    validate(raw, schema, "the experiment config (config/config.yaml or --configfile)")
+    checked = fill_defaults(raw, schema)
+    method_dir = Path(checked["method_dir"])
+    reward_dir = Path(checked["reward_dir"])
+    available = sorted(p.stem for p in method_dir.glob("*.yaml"))
+    check_names("method", checked["methods"], available, f"config key 'methods' ({method_dir})")
+    available = sorted(p.stem for p in reward_dir.glob("*.yaml"))
+    check_names("reward", checked["rewards"], available, f"config key 'rewards' ({reward_dir})")
+    method_schemas = load_yaml(SCHEMAS / "method.schema.yaml")
+    methods = {}
+    for name in checked["methods"]:
+        path = method_dir / f"{name}.yaml"
+        methods[name] = load_yaml(path) or {}
+        validate(methods[name], method_file_schema(method_schemas, name), str(path))
+    reward_schema = load_yaml(SCHEMAS / "reward.schema.yaml")
+    for name in checked["rewards"]:
+        path = reward_dir / f"{name}.yaml"
+        reward_file = load_yaml(path) or {}
+        validate(reward_file, reward_schema, str(path))
+        if reward_file["suite"] != checked["suite"]:
+            raise ConfigError(
+                f"{path}: reward {name!r} belongs to suite {reward_file['suite']!r}, "
+                f"but config key 'suite' is {checked['suite']!r}"
+            )
+        if name not in checked["resources"]["rewards"]:
+            raise ConfigError(
+                f"config key 'resources.rewards' has no weights path for reward {name!r}; "
+                f"add resources.rewards.{name}"
+            )
+    return checked, methods
+
+
+try:
+    CONFIG, METHOD_FILES = _load_checked_config(config)
+except ConfigError as error:
+    raise WorkflowError(f"Config error, nothing was run.\n{error}") from None
+
+RUNS = [
+    {"reward": r, "method": m, "seed": s}
+    for r, m, s in product(CONFIG["rewards"], CONFIG["methods"], CONFIG["seeds"])
+]
+DIGITS = CONFIG["digits"]
+RESOURCES = CONFIG["resources"]
+
+
+wildcard_constraints:
+    reward="|".join(CONFIG["rewards"]),
+    method="|".join(CONFIG["methods"]),
+    seed=r"\d+",
+
+
+def run_config(wildcards):
+    """The merged config of one run (the resolve rule's params, so edits rerun only this run)."""
+    return resolve_run_config(
+        CONFIG,
+        METHOD_FILES[wildcards.method],
+        wildcards.reward,
+        wildcards.method,
+        int(wildcards.seed),
+    )
+
+
+def base_config(wildcards):
+    return resolve_base_config(CONFIG, wildcards.reward)
+
+
+def write_config(data, path):
+    write_yaml_atomic(data, path)
+
+
+def suite_resources(wildcards=None):
+    """Every network and data file of the suite (inputs of the GPU-free and GPU jobs alike)."""
+    return [
+        RESOURCES["data"],
+        RESOURCES["base_model"],
+        RESOURCES["eval_net"],
+        *RESOURCES["rewards"].values(),
+    ]
+
+
+def metric_targets():
+    return [
+        f"results/metrics/{run['reward']}/{run['method']}/seed{run['seed']}.csv" for run in RUNS
+    ]
+
+
+def train_targets():
+    return [
+        f"results/runs/{run['reward']}/{run['method']}/seed{run['seed']}/train_log.csv"
+        for run in RUNS
+    ]
+
+
+def table_targets():
+    return ["results/tables/summary.csv", "results/tables/summary.md"]
+
+
+def figure_targets():
+    return [f"results/figures/convergence_{reward}.png" for reward in CONFIG["rewards"]]

@@ -1,0 +1,58 @@
+# Collect every run's metrics, then the summary table and the convergence figures.
+
+
+rule collect_metrics:
+    input:
+        metric_targets(),
+    output:
+        "results/metrics/all.csv",
+    log:
+        "logs/collect_metrics.log",
+    benchmark:
+        "benchmarks/collect_metrics.tsv"
+    conda:
+        "../envs/analysis.yaml"
+    script:
+        "../scripts/collect_metrics.py"
+
+
+rule make_tables:
+    input:
+        "results/metrics/all.csv",
+    output:
+        csv=report(
+            "results/tables/summary.csv",
+            category="Tables",
+            caption="../report/table.rst",
+        ),
+        markdown="results/tables/summary.md",
+    log:
+        "logs/make_tables.log",
+    benchmark:
+        "benchmarks/make_tables.tsv"
+    conda:
+        "../envs/analysis.yaml"
+    script:
+        "../scripts/make_tables.py"
+
+
+rule plot_convergence:
+    input:
+        "results/metrics/all.csv",
+    output:
+        png=report(
+            "results/figures/convergence_{reward}.png",
+            category="Convergence",
+            subcategory="{reward}",
+            caption="../report/convergence.rst",
+            labels={"reward": "{reward}", "figure": "convergence"},
+        ),
+        pdf="results/figures/convergence_{reward}.pdf",
+    log:
+        "logs/plot_convergence/{reward}.log",
+    benchmark:
+        "benchmarks/plot_convergence/{reward}.tsv"
+    conda:
+        "../envs/analysis.yaml"
+    script:
+        "../scripts/plot_convergence.py"

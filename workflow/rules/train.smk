@@ -1,0 +1,75 @@
+# One resolved config per run, then one job per run that trains it and samples its checkpoints.
+
+
+localrules:
+    resolve_run_config,
+    resolve_base_config,
+
+
+rule resolve_run_config:
+    output:
+        "results/runs/{reward}/{method}/seed{seed}/config.yaml",
+    log:
+        "logs/resolve_run_config/{reward}/{method}/seed{seed}.log",
+    benchmark:
+        "benchmarks/resolve_run_config/{reward}/{method}/seed{seed}.tsv"
+    params:
+        cfg=run_config,
+    run:
+        write_config(params.cfg, output[0])
+
+
+rule resolve_base_config:
+    output:
+        "results/base/{reward}/config.yaml",
+    log:
+        "logs/resolve_base_config/{reward}.log",
+    benchmark:
+        "benchmarks/resolve_base_config/{reward}.tsv"
+    params:
+        cfg=base_config,
+    run:
+        write_config(params.cfg, output[0])
+
+
+rule train:
+    input:
+        cfg="results/runs/{reward}/{method}/seed{seed}/config.yaml",
+        resources=suite_resources,
+    output:
+        lora=directory("results/runs/{reward}/{method}/seed{seed}/lora"),
+        log_csv="results/runs/{reward}/{method}/seed{seed}/train_log.csv",
+        samples="results/runs/{reward}/{method}/seed{seed}/samples.pt",
+        provenance="results/runs/{reward}/{method}/seed{seed}/provenance.json",
+    log:
+        "logs/train/{reward}/{method}/seed{seed}.log",
+    benchmark:
+        "benchmarks/train/{reward}/{method}/seed{seed}.tsv"
+    conda:
+        "../envs/vggflow.yaml"
+    threads: 1
+    params:
+        # Resumable state: NOT an output, so it survives a failed or killed attempt.
+        state="results/runs/{reward}/{method}/seed{seed}/state",
+    shell:
+        "python -m vggflow train --config {input.cfg} --state-dir {params.state}"
+        " --lora-dir {output.lora} --log-csv {output.log_csv} --samples {output.samples}"
+        " --provenance {output.provenance} --threads {threads} > {log} 2>&1"
+
+
+rule sample_base:
+    input:
+        cfg="results/base/{reward}/config.yaml",
+        resources=suite_resources,
+    output:
+        "results/base/{reward}/samples.pt",
+    log:
+        "logs/sample_base/{reward}.log",
+    benchmark:
+        "benchmarks/sample_base/{reward}.tsv"
+    conda:
+        "../envs/vggflow.yaml"
+    threads: 1
+    shell:
+        "python -m vggflow sample-base --config {input.cfg} --out {output} --threads {threads}"
+        " > {log} 2>&1"

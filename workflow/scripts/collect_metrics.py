@@ -1,0 +1,9 @@
+import sys
+
+sys.stderr = open(snakemake.log[0], "w", buffering=1)
+
+import pandas as pd
+
+from vggflow.analysis.tables import collect
+
+collect([pd.read_csv(path) for path in snakemake.input]).to_csv(snakemake.output[0], index=False)
