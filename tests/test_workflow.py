@@ -30,7 +30,7 @@ def test_lint_is_clean():
 
 
 def test_dry_run_of_the_default_benchmark_plans_every_run():
-    result = snakemake("-n", "--cores", "2", "--quiet", "rules")
+    result = snakemake("-n", "--forceall", "--cores", "2", "--quiet", "rules")
     assert result.returncode == 0, result.stderr
     counts = {}
     for line in result.stdout.splitlines():

@@ -254,7 +254,7 @@ class Trainer:
                 out = self.method.loss(name, batch, self.step)
                 (out["loss"] / accum).backward()
                 for key, value in out.items():
-                    logs[key] = logs.get(key, 0.0) + float(value) / accum
+                    logs[key] = logs.get(key, 0.0) + float(value.detach()) / accum
             params = list(trainable_parameters(module).values())
             settings = self.method.optimizer_settings(name)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, settings.grad_clip_norm)

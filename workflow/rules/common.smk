@@ -18,7 +18,8 @@ from vggflow.config import (
     write_yaml_atomic,
 )
 
-SCHEMAS = Path(workflow.basedir) / "workflow" / "schemas"
+REPO = Path(workflow.basedir)
+SCHEMAS = REPO / "workflow" / "schemas"
 
 
 def _load_checked_config(raw):
@@ -26,8 +27,8 @@ def _load_checked_config(raw):
     schema = load_yaml(SCHEMAS / "config.schema.yaml")
     validate(raw, schema, "the experiment config (config/config.yaml or --configfile)")
     checked = fill_defaults(raw, schema)
-    method_dir = Path(checked["method_dir"])
-    reward_dir = Path(checked["reward_dir"])
+    method_dir = Path(checked.get("method_dir", REPO / "config" / "methods"))
+    reward_dir = Path(checked.get("reward_dir", REPO / "config" / "rewards"))
     available = sorted(p.stem for p in method_dir.glob("*.yaml"))
     check_names("method", checked["methods"], available, f"config key 'methods' ({method_dir})")
     available = sorted(p.stem for p in reward_dir.glob("*.yaml"))
