@@ -58,3 +58,24 @@ def test_reference_images_and_features(digits_resources):
     ref = suite.reference_images("a handwritten 5")
     assert ref.ndim == 4 and len(ref) > 20
     assert suite.features(ref).shape == (len(ref), 64)
+
+
+def test_registries_name_what_config_names(digits_resources):
+    import pytest
+
+    from vggflow.models.base import FLOW_MODELS, FlowModel
+    from vggflow.rewards.base import REWARDS, Reward
+    from vggflow.suites import SUITES, Suite, load_builtin_suites
+
+    load_builtin_suites()
+    assert {"thickness", "margin"} <= set(REWARDS.names())
+    assert "digits" in FLOW_MODELS and "digits" in SUITES
+    suite = SUITES.get("digits")(digits_resources)
+    assert isinstance(suite, Suite)
+    assert isinstance(suite.flow_model, FlowModel)
+    assert isinstance(suite.reward("margin"), Reward)
+    with pytest.raises(KeyError, match="known rewards: .*margin.*thickness"):
+        REWARDS.get("aesthetics")
+    wrong = {**digits_resources, "rewards": {"margin": digits_resources["rewards"]["thickness"]}}
+    with pytest.raises(ValueError, match="holds the 'thickness' reward"):
+        REWARDS.get("margin")(wrong, "cpu")

@@ -122,7 +122,7 @@ def _key_path(path) -> str:
     return "".join(parts) or "<top level>"
 
 
-def _describe(error, schema_root: Mapping) -> str:
+def _describe(error) -> str:
     where = _key_path(error.absolute_path)
     if error.validator == "additionalProperties":
         allowed = sorted(error.schema.get("properties", {}))
@@ -148,7 +148,7 @@ def validate(instance: Any, schema: Mapping, source: str) -> None:
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(instance), key=lambda e: list(e.absolute_path))
     if errors:
-        lines = "\n".join(f"  - {_describe(e, schema)}" for e in errors)
+        lines = "\n".join(f"  - {_describe(e)}" for e in errors)
         raise ConfigError(f"invalid config in {source}:\n{lines}")
 
 
@@ -267,7 +267,7 @@ class EvalConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class LoraConfig:
+class LoraSettings:
     """LoRA on the flow model: rank and alpha (scale = alpha / rank)."""
 
     rank: int = 8
@@ -289,7 +289,7 @@ class RunConfig:
     train: TrainConfig
     sampler: SamplerConfig
     eval: EvalConfig
-    lora: LoraConfig
+    lora: LoraSettings
     resources: dict
     raw: dict
 
@@ -318,7 +318,7 @@ class RunConfig:
             train=from_dict(TrainConfig, data["train"], f"{source}: train"),
             sampler=from_dict(SamplerConfig, data["sampler"], f"{source}: sampler"),
             eval=from_dict(EvalConfig, data["eval"], f"{source}: eval"),
-            lora=from_dict(LoraConfig, data["lora"], f"{source}: lora"),
+            lora=from_dict(LoraSettings, data["lora"], f"{source}: lora"),
             resources=dict(data["resources"]),
             raw=data,
         )

@@ -29,7 +29,12 @@ from vggflow.sampling import Guidance, euler_rollout, sample_images
 from vggflow.suites import SUITES, Suite, load_builtin_suites
 from vggflow.timegrid import uniform_grid
 from vggflow.utils.io import copy_file_atomic, copy_tree_atomic, torch_save_atomic
-from vggflow.utils.seeding import capture_rng_state, restore_rng_state, set_seed
+from vggflow.utils.seeding import (
+    capture_rng_state,
+    configure_torch,
+    restore_rng_state,
+    set_seed,
+)
 
 STATE_FILE = "state.pt"
 LOG_FILE = "train_log.csv"
@@ -109,8 +114,7 @@ class Trainer:
         self.cfg = cfg
         self.state_dir = Path(state_dir)
         self.device = resolve_device(cfg.train.device)
-        if threads:
-            torch.set_num_threads(threads)
+        configure_torch(threads)
         set_seed(cfg.seed)
         self.suite = build_suite(cfg, self.device)
         self.model = self.suite.flow_model
@@ -143,7 +147,6 @@ class Trainer:
                 for name, m in self.modules.items()
             },
             "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
-            "method": self.method.state_dict() if hasattr(self.method, "state_dict") else {},
             "generator": self.generator.get_state(),
             "rng": capture_rng_state(),
         }
@@ -174,8 +177,6 @@ class Trainer:
                     params[key].copy_(value)
         for name, opt in self.optimizers.items():
             opt.load_state_dict(state["optimizers"][name])
-        if hasattr(self.method, "load_state_dict"):
-            self.method.load_state_dict(state["method"])
         self.generator.set_state(state["generator"])
         restore_rng_state(state["rng"])
         self.step = state["step"]
@@ -217,9 +218,9 @@ class Trainer:
                                self.cfg.eval.images_per_prompt, self.cfg.sampler.num_steps,
                                self.cfg.sampler.guidance_scale, self.cfg.eval.seed,
                                chunk_size=self.cfg.train.micro_batch_size)
-        with_adapter = self.state_dir / "lora" / f"step{step}"
-        shutil.rmtree(with_adapter, ignore_errors=True)
-        self.model.save_adapter(with_adapter)
+        lora_dir = self.state_dir / "lora" / f"step{step}"
+        shutil.rmtree(lora_dir, ignore_errors=True)
+        self.model.save_adapter(lora_dir)
         torch_save_atomic({"step": step, "images": images}, self._eval_path(step))
 
     # ---------------------------------------------------------------- training
@@ -268,9 +269,8 @@ class Trainer:
 
     def run(self, stop_after_steps: int | None = None) -> None:
         """Train to ``max_steps`` (resuming if a state exists); raise Interrupted when stopped."""
-        self.state_dir.mkdir(parents=True, exist_ok=True)
         self.try_resume()
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.state_dir.mkdir(parents=True, exist_ok=True)  # try_resume may set a stale one aside
         train = self.cfg.train
         eval_steps = set(train.eval_steps())
         if self.step in eval_steps:

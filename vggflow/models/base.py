@@ -13,6 +13,8 @@ from typing import Protocol, runtime_checkable
 
 from torch import Tensor, nn
 
+from vggflow.registry import Registry
+
 
 @runtime_checkable
 class FlowModel(Protocol):
@@ -50,3 +52,7 @@ class FlowModel(Protocol):
     def save_adapter(self, directory: str | Path) -> None: ...
 
     def load_adapter(self, directory: str | Path) -> None: ...
+
+
+# Flow-model names (one per suite) -> builder(resources, lora_rank, lora_alpha, device).
+FLOW_MODELS: Registry[FlowModel] = Registry("flow model")

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vggflow.models.base import FLOW_MODELS
 from vggflow.timegrid import interpolate, target_velocity
 
 NUM_CLASSES = 10
@@ -199,3 +200,9 @@ class DigitsFlowModel:
 
     def _device(self) -> torch.device:
         return next(self.net.parameters()).device
+
+
+@FLOW_MODELS.register("digits")
+def build_digits_flow_model(resources: dict, lora_rank: int, lora_alpha: float,
+                            device: str) -> DigitsFlowModel:
+    return DigitsFlowModel.load(resources["base_model"], lora_rank, lora_alpha).to(device)

@@ -7,6 +7,8 @@ from typing import Protocol, runtime_checkable
 
 from torch import Tensor
 
+from vggflow.registry import Registry
+
 
 @runtime_checkable
 class Reward(Protocol):
@@ -26,3 +28,7 @@ class Reward(Protocol):
     name: str
 
     def __call__(self, images: Tensor, prompts: Sequence[str]) -> Tensor: ...
+
+
+# Reward names as used in config -> builder(resources: dict, device: str) -> Reward.
+REWARDS: Registry[Reward] = Registry("reward")

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vggflow.models.digits import NUM_CLASSES, images_to_samples, labels_for
+from vggflow.rewards.base import REWARDS
 
 REWARD_KINDS = ("thickness", "margin")
 THICKNESS_SCALE = 10.0
@@ -127,3 +128,20 @@ class DigitsReward:
         target = out.gather(1, labels[:, None])[:, 0]
         others = out.masked_fill(F.one_hot(labels, NUM_CLASSES).bool(), float("-inf"))
         return target - others.amax(dim=1)
+
+
+def _register(name: str) -> None:
+    @REWARDS.register(name)
+    def build(resources: dict, device: str) -> DigitsReward:
+        paths = resources["rewards"]
+        if name not in paths:
+            raise KeyError(f"reward {name!r} has no weights path in resources.rewards "
+                           f"(known: {', '.join(paths)})")
+        reward = DigitsReward.load(paths[name])
+        if reward.name != name:
+            raise ValueError(f"{paths[name]} holds the {reward.name!r} reward, not {name!r}")
+        return reward.to(device)
+
+
+for _name in REWARD_KINDS:
+    _register(_name)

@@ -16,13 +16,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vggflow.models.base import FLOW_MODELS
 from vggflow.models.digits import (
     NUM_CLASSES,
     ConditionalMLP,
     DigitsFlowModel,
     images_to_samples,
+    label_for,
     prompt_for,
 )
+from vggflow.rewards.base import REWARDS
 from vggflow.rewards.digits import DigitsReward, fit
 from vggflow.suites.base import SUITES
 from vggflow.utils.io import torch_load
@@ -96,16 +99,12 @@ class DigitsSuite:
 
     @cached_property
     def flow_model(self) -> DigitsFlowModel:
-        model = DigitsFlowModel.load(self.resources["base_model"], self.lora_rank, self.lora_alpha)
-        return model.to(self.device)
+        return FLOW_MODELS.get(self.name)(self.resources, self.lora_rank, self.lora_alpha,
+                                          self.device)
 
     def reward(self, name: str) -> DigitsReward:
         if name not in self._rewards:
-            paths = self.resources["rewards"]
-            if name not in paths:
-                raise KeyError(f"reward {name!r} has no weights in resources.rewards "
-                               f"(known: {', '.join(paths)})")
-            self._rewards[name] = DigitsReward.load(paths[name]).to(self.device)
+            self._rewards[name] = REWARDS.get(name)(self.resources, self.device)
         return self._rewards[name]
 
     def train_prompts(self) -> list[str]:
@@ -135,6 +134,4 @@ class DigitsSuite:
 
     def reference_images(self, prompt: str) -> Tensor:
         images, labels = self._heldout
-        from vggflow.models.digits import label_for
-
         return images[labels == label_for(prompt)]

@@ -35,6 +35,6 @@ def restore_rng_state(state: dict) -> None:
 
 
 def configure_torch(threads: int | None) -> None:
-    """Limit intra-op threads (one per Snakemake core) and keep CPU results reproducible."""
+    """Limit torch's intra-op threads to what the rule was given (None: torch's default)."""
     if threads:
         torch.set_num_threads(threads)
