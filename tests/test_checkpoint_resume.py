@@ -94,3 +94,19 @@ def test_sigint_saves_state_and_the_rerun_finishes(make_run_config, tmp_path):
     assert resumed in rerun.stdout
     rows = pd.read_csv(log)
     assert rows["step"].tolist() == list(range(1, state["step"] + 4))
+
+
+def test_cli_publishes_outputs_and_removes_the_state(make_run_config, tmp_path):
+    from conftest import run_cli
+
+    from vggflow.config import write_yaml_atomic as write
+
+    write(make_run_config(method_name="refl", train={"max_steps": 2}), tmp_path / "c.yaml")
+    outputs = ["--lora-dir", str(tmp_path / "lora"), "--log-csv", str(tmp_path / "log.csv"),
+               "--samples", str(tmp_path / "samples.pt"), "--provenance", str(tmp_path / "p.json")]
+    result = run_cli("train", "--config", str(tmp_path / "c.yaml"), "--state-dir",
+                     str(tmp_path / "state"), "--threads", "1", *outputs)
+    assert result.returncode == 0, result.stderr
+    assert not (tmp_path / "state").exists()
+    assert (tmp_path / "p.json").exists() and (tmp_path / "lora" / "step2").is_dir()
+    assert len(pd.read_csv(tmp_path / "log.csv")) == 2

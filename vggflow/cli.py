@@ -118,6 +118,7 @@ def cmd_train(args) -> int:
     trainer.publish(Outputs(Path(args.lora_dir), Path(args.log_csv), Path(args.samples)))
     if args.provenance:
         write_provenance(cfg, trainer.device, args.provenance)
+    trainer.clear_state()
     print(f"done: {trainer.step} updates in {trainer.elapsed:.1f} s of training", flush=True)
     return 0
 

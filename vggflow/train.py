@@ -2,7 +2,8 @@
 
 Everything a run writes lives under its state folder while it runs (full state, CSV log, LoRA
 exports, evaluation samples); the run resumes from there automatically and copies the declared
-outputs into place, atomically, only when it has finished. SIGINT / SIGTERM finish the current
+outputs into place, atomically, only when it has finished (``python -m vggflow train`` then
+removes the state folder, so a forced rerun starts from scratch). SIGINT / SIGTERM finish the current
 update, save the state and exit, so a killed run continues where it stopped.
 """
 
@@ -312,6 +313,11 @@ class Trainer:
                               for s in steps])
         torch_save_atomic({"steps": steps, "prompts": self.suite.eval_prompts(), "images": images},
                           outputs.samples)
+
+
+    def clear_state(self) -> None:
+        """Remove the state folder of a published run, so a forced rerun trains from scratch."""
+        shutil.rmtree(self.state_dir, ignore_errors=True)
 
 
 def write_provenance(cfg: RunConfig, device: str, path: str | Path) -> None:
