@@ -3,8 +3,8 @@
 Everything a run writes lives under its state folder while it runs (full state, CSV log, LoRA
 exports, evaluation samples); the run resumes from there automatically and copies the declared
 outputs into place, atomically, only when it has finished (``python -m vggflow train`` then
-removes the state folder, so a forced rerun starts from scratch). SIGINT / SIGTERM finish the current
-update, save the state and exit, so a killed run continues where it stopped.
+removes the state folder, so a forced rerun starts from scratch). SIGINT / SIGTERM finish the
+current update, save the state and exit, so a killed run continues where it stopped.
 """
 
 from __future__ import annotations
