@@ -12,7 +12,13 @@ report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
-include: "workflow/rules/digits.smk"
+
+
+if SUITE == "digits":
+
+    include: "workflow/rules/digits.smk"
+
+
 include: "workflow/rules/train.smk"
 include: "workflow/rules/metrics.smk"
 include: "workflow/rules/report.smk"

@@ -72,7 +72,7 @@ def make_run_config(digits_resources):
             "resources": digits_resources,
         }
         for block, values in blocks.items():
-            if isinstance(cfg.get(block), dict):
+            if isinstance(cfg.get(block), dict) and isinstance(values, dict):
                 cfg[block] = {**cfg[block], **values}
             else:
                 cfg[block] = values

@@ -143,7 +143,8 @@ def cmd_metrics(args) -> None:
     rows = []
     for step, images in zip(samples["steps"], samples["images"]):
         values = step_metrics(images, base["images"][0], samples["prompts"], rewards,
-                              suite.features, suite.feature_backend, suite.reference_images)
+                              suite.features, suite.feature_backend, suite.reference_images,
+                              suite.extra_metrics)
         rows += [{"reward": cfg.reward, "method": cfg.method["name"], "seed": cfg.seed,
                   "step": step, "metric": k, "value": v} for k, v in values.items()]
         print(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in values.items()), flush=True)
@@ -218,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         result = args.func(args)
-    except (ConfigError, FileNotFoundError) as exc:
+    except (ConfigError, FileNotFoundError, FloatingPointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return int(result or 0)

@@ -95,8 +95,17 @@ def resolve_run_config(
     }
     for block in SHARED_BLOCKS:
         resolved[block] = copy.deepcopy(dict(config[block]))
-    resolved["resources"] = copy.deepcopy(dict(config["resources"]))
+    resolved["resources"] = suite_resources(config)
     return resolved
+
+
+def suite_resources(config: Mapping) -> dict:
+    """The ``resources`` block of the config's suite (resources are keyed by suite)."""
+    suite = config["suite"]
+    if suite not in config["resources"]:
+        raise ConfigError(f"config key resources.{suite} is missing (the resources of suite "
+                          f"{suite!r})")
+    return copy.deepcopy(dict(config["resources"][suite]))
 
 
 def resolve_base_config(config: Mapping, reward: str) -> dict:
@@ -104,7 +113,7 @@ def resolve_base_config(config: Mapping, reward: str) -> dict:
     resolved = {"suite": config["suite"], "reward": reward, "rewards": list(config["rewards"])}
     for block in ("sampler", "eval"):
         resolved[block] = copy.deepcopy(dict(config[block]))
-    resolved["resources"] = copy.deepcopy(dict(config["resources"]))
+    resolved["resources"] = suite_resources(config)
     return resolved
 
 

@@ -148,6 +148,7 @@ class Trainer:
                 for name, m in self.modules.items()
             },
             "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
+            "method": self.method.state_dict(),
             "generator": self.generator.get_state(),
             "rng": capture_rng_state(),
         }
@@ -178,6 +179,7 @@ class Trainer:
                     params[key].copy_(value)
         for name, opt in self.optimizers.items():
             opt.load_state_dict(state["optimizers"][name])
+        self.method.load_state_dict(state["method"])
         self.generator.set_state(state["generator"])
         restore_rng_state(state["rng"])
         self.step = state["step"]
@@ -254,6 +256,10 @@ class Trainer:
             logs: dict[str, float] = {}
             for batch in batches:
                 out = self.method.loss(name, batch, self.step)
+                if not torch.isfinite(out["loss"]):
+                    raise FloatingPointError(
+                        f"{self.cfg.method['name']}: non-finite {name} loss at update "
+                        f"{self.step + 1}; the run diverged (lower the learning rate or beta)")
                 (out["loss"] / accum).backward()
                 for key, value in out.items():
                     logs[key] = logs.get(key, 0.0) + float(value.detach()) / accum
@@ -266,6 +272,7 @@ class Trainer:
                 row[f"{name}_{key}" if key == "loss" else key] = value
         for module_ in self.modules.values():
             module_.zero_grad(set_to_none=True)
+        row.update(self.method.end_update())
         return row
 
     def run(self, stop_after_steps: int | None = None) -> None:

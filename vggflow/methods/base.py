@@ -41,6 +41,16 @@ class Method(Protocol):
 
     def loss(self, module: str, batch: Any, step: int) -> dict[str, Tensor]: ...
 
+    def end_update(self) -> dict[str, float]:
+        """Called after every optimizer update; returns scalars to log (e.g. a new threshold)."""
+        ...
+
+    def state_dict(self) -> dict:
+        """Method state beyond its modules (saved with the run's state for exact resume)."""
+        ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerSettings:
@@ -55,6 +65,20 @@ class OptimizerSettings:
         """The plain optimizer settings of a method's config, optionally with another lr."""
         return OptimizerSettings(lr=self.lr if lr is None else lr, weight_decay=self.weight_decay,
                                  adam_betas=self.adam_betas, grad_clip_norm=self.grad_clip_norm)
+
+
+class Stateless:
+    """Mixin for methods whose only state is their modules and optimizers."""
+
+    def end_update(self) -> dict[str, float]:
+        return {}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            raise ValueError(f"{type(self).__name__} has no state, got keys {sorted(state)}")
 
 
 METHODS: Registry[Method] = Registry("method")

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from vggflow.config import RunConfig, from_dict, require
-from vggflow.methods.base import METHODS, OptimizerSettings
+from vggflow.methods.base import METHODS, OptimizerSettings, Stateless
 from vggflow.sampling import Guidance, Rollout
 from vggflow.suites.base import Suite
 from vggflow.timegrid import one_step_prediction
@@ -38,7 +38,7 @@ class StopStates:
 
 
 @METHODS.register("refl")
-class ReFL:
+class ReFL(Stateless):
     name = "refl"
 
     def __init__(self, cfg: RunConfig, suite: Suite) -> None:

@@ -5,16 +5,24 @@ Paper convention (t = 1 is data). With g_phi ~ grad V and beta = 1 / lambda:
 * value gradient (Eq. 16): g(x, t) = -eta_t * grad r(x1_hat) + nu_phi(x, t, c), where
   x1_hat = x + (1 - t) * stopgrad(v_theta(x, t)) and eta_t = t^2 (or t);
 * consistency (Eq. 12): R = d_t g + (grad g) w + J_{v_base}^T stopgrad(g) with
-  w = stopgrad(v_base - beta g), computed exactly with torch.func (a jvp of g along (w, 1) and a
-  vjp of v_base); gradients reach phi only through the g evaluations;
+  w = stopgrad(v_base - beta g). ``consistency: exact`` uses torch.func (a jvp of g along (w, 1)
+  and a vjp of v_base); ``finite_difference`` (the paper's form, for SD3) uses central
+  differences [g(x + eps w, t + eps) - g(x - eps w, t - eps)] / (2 eps) and
+  [v_base(x + eps d) - v_base(x - eps d)] / (2 eps) with d = stopgrad(g) (a J g product, equal to
+  J^T g for exact Gaussian-path velocities). Gradients reach phi only through the g evaluations;
 * boundary (Eq. 13 with Eq. 16, eta_1 = 1): alpha * |nu_phi(x_1, 1)|^2 at the final state;
 * matching (Eq. 14): |v_theta - v_base + beta * stopgrad(g)|^2 on the LoRA.
 
-Algorithm 1's order: the value network steps first (consistency + alpha * boundary), then the LoRA
-(matching) with the updated value network. Transitions: 5 bins of the 20 steps, one random
+Algorithm 1's order (``update_order: sequential``): the value network steps first (consistency +
+alpha * boundary), then the LoRA (matching) with the updated value network; ``joint`` takes one
+step on the sum, as the official code does. Transitions: 5 bins of the 20 steps, one random
 transition per bin (never the pure-noise state), plus the final state for the boundary loss.
-Losses are means over samples and dimensions. Reward-gradient clipping and the finite-difference
-consistency arrive with the toy2d suite (see the issue tracker).
+Losses are means over samples and dimensions.
+
+Reward-gradient clipping (``reward_grad_clip``): each sample's grad r(x1_hat) is rescaled to norm
+min(|grad|, tau). ``quantile``: tau is the ``reward_grad_quantile`` (0.8) quantile of the unclipped
+norms of the previous update (the first update uses its own first micro-batch); ``fixed``: tau =
+``reward_grad_max_norm``; ``none``: no clipping.
 """
 
 from __future__ import annotations
@@ -33,6 +41,9 @@ from vggflow.suites.base import Suite
 from vggflow.timegrid import broadcast_time, one_step_prediction
 
 ETA_SCHEDULES = {"quadratic": lambda t: t * t, "linear": lambda t: t}
+CONSISTENCY = ("exact", "finite_difference")
+CLIP_MODES = ("quantile", "fixed", "none")
+UPDATE_ORDERS = ("sequential", "joint")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,14 +56,27 @@ class VGGFlowSettings(OptimizerSettings):
     eta: str = "quadratic"
     num_bins: int = 5
     value_lr: float | None = None
+    consistency: str = "exact"
+    fd_eps: float = 1e-3
+    reward_grad_clip: str = "quantile"
+    reward_grad_quantile: float = 0.8
+    reward_grad_max_norm: float = 1.0
+    update_order: str = "sequential"
     code_version: int = 1
 
     def check(self, where: str) -> None:
         require(self.beta > 0, f"{where}.beta", "must be positive")
         require(self.alpha >= 0, f"{where}.alpha", "must be >= 0")
-        require(self.eta in ETA_SCHEDULES, f"{where}.eta",
-                f"{self.eta!r} is not allowed; allowed values: {', '.join(ETA_SCHEDULES)}")
+        for key, allowed in (("eta", ETA_SCHEDULES), ("consistency", CONSISTENCY),
+                             ("reward_grad_clip", CLIP_MODES), ("update_order", UPDATE_ORDERS)):
+            value = getattr(self, key)
+            require(value in allowed, f"{where}.{key}",
+                    f"{value!r} is not allowed; allowed values: {', '.join(allowed)}")
         require(self.num_bins >= 1, f"{where}.num_bins", "must be a positive integer")
+        require(self.fd_eps > 0, f"{where}.fd_eps", "must be positive")
+        require(0 < self.reward_grad_quantile <= 1, f"{where}.reward_grad_quantile",
+                "must lie in (0, 1]")
+        require(self.reward_grad_max_norm > 0, f"{where}.reward_grad_max_norm", "must be positive")
 
 
 @dataclasses.dataclass
@@ -68,6 +92,13 @@ class Transitions:
     final_prompts: list[str]
 
 
+def clip_per_sample(grad: Tensor, max_norm: Tensor | float) -> Tensor:
+    """Rescale each sample (first dimension) to norm min(|grad|, max_norm); differentiable."""
+    norms = grad.flatten(1).norm(dim=1)
+    scale = torch.clamp(max_norm / norms.clamp_min(1e-12), max=1.0)
+    return grad * scale.reshape(-1, *([1] * (grad.ndim - 1)))
+
+
 @METHODS.register("vggflow")
 class VGGFlow:
     name = "vggflow"
@@ -80,8 +111,13 @@ class VGGFlow:
         self.reward = suite.reward(cfg.reward)
         self.value_net = suite.value_network()
         self.eta = ETA_SCHEDULES[self.settings.eta]
+        self.threshold: float | None = None  # reward-gradient clipping norm tau
+        self._norms: list[Tensor] = []  # unclipped norms seen during the current update
 
     def trainable_modules(self) -> dict[str, nn.Module]:
+        if self.settings.update_order == "joint":
+            return {"joint": nn.ModuleDict({"value_net": self.value_net,
+                                            "lora": self.model.adapter()})}
         return {"value_net": self.value_net, "lora": self.model.adapter()}
 
     def optimizer_settings(self, module: str) -> OptimizerSettings:
@@ -89,13 +125,35 @@ class VGGFlow:
             return self.settings.optimizer(lr=self.settings.value_lr)
         return self.settings.optimizer()
 
+    # ------------------------------------------------------------------ state
+
+    def end_update(self) -> dict[str, float]:
+        """Set the clipping threshold from this update's unclipped reward-gradient norms."""
+        logs = {}
+        if self._norms:
+            norms = torch.cat(self._norms)
+            logs["reward_grad_norm_mean"] = float(norms.mean())
+            if self.settings.reward_grad_clip == "quantile":
+                logs["reward_grad_threshold"] = float(self.threshold)
+                self.threshold = float(torch.quantile(norms, self.settings.reward_grad_quantile))
+        self._norms = []
+        return logs
+
+    def state_dict(self) -> dict:
+        return {"threshold": self.threshold}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.threshold = state["threshold"]
+
+    # ------------------------------------------------------------------ batches
+
     def prepare(self, rollout: Rollout, generator: torch.Generator) -> Transitions:
         batch = rollout.final.shape[0]
         bins = self.settings.num_bins
         steps = subsample_steps(rollout.num_steps, bins, batch, generator).flatten()
         rows = torch.arange(batch).repeat_interleave(bins)
         device = rollout.states.device
-        return Transitions(
+        transitions = Transitions(
             x=rollout.states[steps.to(device), rows.to(device)],
             t=rollout.times[steps.to(device)],
             guidance=rollout.guidance.repeat(bins),
@@ -104,24 +162,45 @@ class VGGFlow:
             final_guidance=rollout.guidance,
             final_prompts=rollout.prompts,
         )
+        if self.settings.reward_grad_clip == "quantile" and self.threshold is None:
+            # The first update has no previous one: use its own first micro-batch.
+            v_theta, _ = self._velocities(transitions)
+            norms = self._reward_gradient(transitions.x, transitions.t, v_theta,
+                                          transitions.prompts).flatten(1).norm(dim=1)
+            self.threshold = float(torch.quantile(norms, self.settings.reward_grad_quantile))
+        return transitions
 
     # ------------------------------------------------------------------ the value gradient
+
+    def _reward_gradient(self, x: Tensor, t: Tensor, v_theta: Tensor,
+                         prompts: list[str]) -> Tensor:
+        """Unclipped grad r at x1_hat = x + (1 - t) v_theta (v_theta held fixed)."""
+
+        def reward_of_sample(y: Tensor) -> Tensor:
+            return self.reward(self.model.decode(y), prompts).sum()
+
+        return grad(reward_of_sample)(one_step_prediction(x, t, v_theta))
+
+    def _clip(self, reward_grad: Tensor) -> Tensor:
+        mode = self.settings.reward_grad_clip
+        if mode == "none":
+            return reward_grad
+        tau = self.settings.reward_grad_max_norm if mode == "fixed" else self.threshold
+        return clip_per_sample(reward_grad, tau)
 
     def value_gradient_fn(self, v_theta: Tensor, cond: Tensor,
                           prompts: list[str]) -> Callable[[Tensor, Tensor], Tensor]:
         """g(x, t) of Eq. 16 with the finetuned velocity frozen at ``v_theta`` (stop-gradient)."""
 
-        def reward_of_sample(y: Tensor) -> Tensor:
-            return self.reward(self.model.decode(y), prompts).sum()
-
-        reward_gradient = grad(reward_of_sample)
-
         def g(x: Tensor, t: Tensor) -> Tensor:
-            x1_hat = one_step_prediction(x, t, v_theta)
-            eta = self.eta(broadcast_time(t, x))
-            return -eta * reward_gradient(x1_hat) + self.value_net(x, t, cond)
+            return self._value_gradient(x, t, self._reward_gradient(x, t, v_theta, prompts), cond)
 
         return g
+
+    def _value_gradient(self, x: Tensor, t: Tensor, reward_grad: Tensor, cond: Tensor) -> Tensor:
+        """g = -eta_t * clip(grad r) + nu_phi(x, t, c)."""
+        eta = self.eta(broadcast_time(t, x))
+        return -eta * self._clip(reward_grad) + self.value_net(x, t, cond)
 
     def _velocities(self, batch: Transitions) -> tuple[Tensor, Tensor]:
         with torch.no_grad():
@@ -129,27 +208,46 @@ class VGGFlow:
             v_base = batch.guidance.velocity(self.model.base_velocity, batch.x, batch.t)
         return v_theta, v_base
 
+    # ------------------------------------------------------------------ losses
+
     def loss(self, module: str, batch: Transitions, step: int) -> dict[str, Tensor]:
         if module == "value_net":
             return self.value_loss(batch)
         if module == "lora":
             return self.matching_loss(batch)
+        if module == "joint":
+            value, matching = self.value_loss(batch), self.matching_loss(batch)
+            return {**value, **matching, "loss": value["loss"] + matching["loss"]}
         raise KeyError(f"vggflow has no module {module!r}")
 
-    def value_loss(self, batch: Transitions) -> dict[str, Tensor]:
-        """Consistency (exact) + alpha * boundary; gradients reach the value network only."""
+    def consistency_residual(self, batch: Transitions) -> tuple[Tensor, Tensor]:
+        """R = d_t g + (grad g) w + J_{v_base}^T sg(g) at the transitions; returns (R, g)."""
         beta = self.settings.beta
         x, t = batch.x, batch.t
         v_theta, v_base = self._velocities(batch)
         g_fn = self.value_gradient_fn(v_theta, batch.guidance.cond, batch.prompts)
         with torch.no_grad():
-            direction = v_base - beta * g_fn(x, t)
-        g, dg = jvp(g_fn, (x, t), (direction, torch.ones_like(t)))
-        x_in = x.detach().requires_grad_(True)
-        with torch.enable_grad():
-            v_in = batch.guidance.velocity(self.model.base_velocity, x_in, t)
-            (jtg,) = torch.autograd.grad(v_in, x_in, grad_outputs=g.detach())
-        consistency = (dg + jtg).pow(2).mean()
+            g0 = g_fn(x, t)
+        direction = v_base - beta * g0
+        if self.settings.consistency == "exact":
+            g, dg = jvp(g_fn, (x, t), (direction, torch.ones_like(t)))
+            x_in = x.detach().requires_grad_(True)
+            with torch.enable_grad():
+                v_in = batch.guidance.velocity(self.model.base_velocity, x_in, t)
+                (jg,) = torch.autograd.grad(v_in, x_in, grad_outputs=g.detach())
+            return dg + jg, g
+        eps = self.settings.fd_eps
+        dg = (g_fn(x + eps * direction, t + eps) - g_fn(x - eps * direction, t - eps)) / (2 * eps)
+        with torch.no_grad():
+            base = self.model.base_velocity
+            jg = (batch.guidance.velocity(base, x + eps * g0, t)
+                  - batch.guidance.velocity(base, x - eps * g0, t)) / (2 * eps)
+        return dg + jg, g0
+
+    def value_loss(self, batch: Transitions) -> dict[str, Tensor]:
+        """Consistency + alpha * boundary; gradients reach the value network only."""
+        residual, g = self.consistency_residual(batch)
+        consistency = residual.pow(2).mean()
         final = batch.final
         ones = torch.ones(final.shape[0], device=final.device, dtype=final.dtype)
         boundary = self.value_net(final, ones, batch.final_guidance.cond).pow(2).mean()
@@ -166,7 +264,9 @@ class VGGFlow:
         v = batch.guidance.velocity(self.model.velocity, x, t, detach_uncond=True)
         with torch.no_grad():
             v_base = batch.guidance.velocity(self.model.base_velocity, x, t)
-            g = self.value_gradient_fn(v.detach(), batch.guidance.cond, batch.prompts)(x, t)
+            reward_grad = self._reward_gradient(x, t, v.detach(), batch.prompts)
+            self._norms.append(reward_grad.flatten(1).norm(dim=1))
+            g = self._value_gradient(x, t, reward_grad, batch.guidance.cond)
             target = v_base - self.settings.beta * g
         matching = (v - target).pow(2).mean()
         return {

@@ -26,6 +26,7 @@ def step_metrics(
     features: Callable[[Tensor], Tensor],
     backend: str,
     reference: Callable[[str], Tensor | None],
+    extra: Callable[[Tensor], dict[str, float]] | None = None,
 ) -> dict[str, float]:
     """Metrics of images (P, n, C, H, W) against the base model's (P, n, C, H, W)."""
     flat_prompts = [p for p in prompts for _ in range(images.shape[1])]
@@ -46,4 +47,6 @@ def step_metrics(
     out[f"fd_prior_{backend}"] = float(np.mean(fd_prior))
     if fd_ref:
         out[f"fd_ref_{backend}"] = float(np.mean(fd_ref))
+    if extra is not None:
+        out.update(extra(images))
     return out

@@ -49,5 +49,9 @@ class Suite(Protocol):
         """Real images for ``prompt`` (the fd_ref reference set), or None."""
         ...
 
+    def extra_metrics(self, images: Tensor) -> dict[str, float]:
+        """Suite-specific metrics of one checkpoint's images (P, n, ...), e.g. toy2d's moments."""
+        ...
+
 
 SUITES: Registry[Suite] = Registry("suite")

@@ -19,12 +19,12 @@ from torch import Tensor, nn
 from vggflow.models.base import FLOW_MODELS
 from vggflow.models.digits import (
     NUM_CLASSES,
-    ConditionalMLP,
     DigitsFlowModel,
     images_to_samples,
     label_for,
     prompt_for,
 )
+from vggflow.models.mlp import ConditionalMLP
 from vggflow.rewards.base import REWARDS
 from vggflow.rewards.digits import DigitsReward, fit
 from vggflow.suites.base import SUITES
@@ -135,3 +135,6 @@ class DigitsSuite:
     def reference_images(self, prompt: str) -> Tensor:
         images, labels = self._heldout
         return images[labels == label_for(prompt)]
+
+    def extra_metrics(self, images: Tensor) -> dict[str, float]:
+        return {}

@@ -14,6 +14,7 @@ from vggflow.config import (
     method_file_schema,
     resolve_base_config,
     resolve_run_config,
+    suite_resources,
     validate,
     write_yaml_atomic,
 )
@@ -49,10 +50,10 @@ def _load_checked_config(raw):
                 f"{path}: reward {name!r} belongs to suite {reward_file['suite']!r}, "
                 f"but config key 'suite' is {checked['suite']!r}"
             )
-        if name not in checked["resources"]["rewards"]:
+        if name not in suite_resources(checked).get("rewards", {}):
             raise ConfigError(
-                f"config key 'resources.rewards' has no weights path for reward {name!r}; "
-                f"add resources.rewards.{name}"
+                f"config key 'resources.{checked['suite']}.rewards' has no entry for reward "
+                f"{name!r}; add resources.{checked['suite']}.rewards.{name}"
             )
     return checked, methods
 
@@ -62,12 +63,13 @@ try:
 except ConfigError as error:
     raise WorkflowError(f"Config error, nothing was run.\n{error}") from None
 
+SUITE = CONFIG["suite"]
 RUNS = [
     {"reward": r, "method": m, "seed": s}
     for r, m, s in product(CONFIG["rewards"], CONFIG["methods"], CONFIG["seeds"])
 ]
 DIGITS = CONFIG["digits"]
-RESOURCES = CONFIG["resources"]
+RESOURCES = suite_resources(CONFIG)
 
 
 wildcard_constraints:
@@ -95,8 +97,10 @@ def write_config(data, path):
     write_yaml_atomic(data, path)
 
 
-def suite_resources(wildcards=None):
-    """Every network and data file of the suite (inputs of the GPU-free and GPU jobs alike)."""
+def suite_files(wildcards=None):
+    """Every network and data file of the suite (toy2d is analytic and needs none)."""
+    if SUITE != "digits":
+        return []
     return [
         RESOURCES["data"],
         RESOURCES["base_model"],

@@ -6,7 +6,7 @@ rule metrics:
         cfg="results/runs/{reward}/{method}/seed{seed}/config.yaml",
         samples="results/runs/{reward}/{method}/seed{seed}/samples.pt",
         base="results/base/{reward}/samples.pt",
-        resources=suite_resources,
+        resources=suite_files,
     output:
         "results/metrics/{reward}/{method}/seed{seed}.csv",
     log:

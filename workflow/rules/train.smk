@@ -35,7 +35,7 @@ rule resolve_base_config:
 rule train:
     input:
         cfg="results/runs/{reward}/{method}/seed{seed}/config.yaml",
-        resources=suite_resources,
+        resources=suite_files,
     output:
         lora=directory("results/runs/{reward}/{method}/seed{seed}/lora"),
         log_csv="results/runs/{reward}/{method}/seed{seed}/train_log.csv",
@@ -60,7 +60,7 @@ rule train:
 rule sample_base:
     input:
         cfg="results/base/{reward}/config.yaml",
-        resources=suite_resources,
+        resources=suite_files,
     output:
         "results/base/{reward}/samples.pt",
     log:
