@@ -73,22 +73,38 @@ def test_joint_update_steps_both_networks_at_once(make_run_config, tmp_path):
     assert moved == {"value_net", "lora"}
 
 
-def test_finite_difference_consistency_is_close_to_exact_on_digits(make_run_config):
+def test_finite_difference_consistency_terms_match_exact_ones_on_digits(make_run_config):
     cfg = RunConfig.from_mapping(make_run_config(method={"reward_grad_clip": "none"}))
-    suite = DigitsSuite(cfg.resources, lora_rank=4, lora_alpha=4)
-    method = METHODS.get("vggflow")(cfg, suite)
-    trainer_like = Trainer(cfg, "/nonexistent-state", threads=1)
-    trainer_like.method = method
-    batch = method.prepare(trainer_like.rollout_batch(), torch.Generator().manual_seed(0))
+    trainer = Trainer(cfg, "/nonexistent-state", threads=1)
+    method = trainer.method
+    batch = method.prepare(trainer.rollout_batch(), torch.Generator().manual_seed(0))
+    x, t, eps = batch.x, batch.t, method.settings.fd_eps
+    v_theta, v_base = method._velocities(batch)
+    g_fn = method.value_gradient_fn(v_theta, batch.guidance.cond, batch.prompts)
+    with torch.no_grad():
+        g = g_fn(x, t)
+        w = v_base - method.settings.beta * g
+        fd_dg = (g_fn(x + eps * w, t + eps) - g_fn(x - eps * w, t - eps)) / (2 * eps)
+    _, dg = torch.func.jvp(g_fn, (x, t), (w, torch.ones_like(t)))
+
+    def base(y):
+        return batch.guidance.velocity(method.model.base_velocity, y, t)
+
+    with torch.no_grad():
+        fd_jg = (base(x + eps * g) - base(x - eps * g)) / (2 * eps)
+    _, jg = torch.autograd.functional.jvp(base, x, g)  # peft toggles break torch.func here
+    errors = {"d_t g + (grad g) w": ((fd_dg - dg).norm() / dg.norm()).item(),
+              "J_vbase g": ((fd_jg - jg).norm() / jg.norm()).item()}
+    print("finite-difference vs exact, relative error on digits:", errors)
+    # Measured here: 4.6e-5 and 4.2e-3 (fp32, eps 1e-3).
+    assert errors["d_t g + (grad g) w"] < 2e-2 and errors["J_vbase g"] < 2e-2, errors
+    # The full residuals also differ because the paper's finite difference forms J g where the
+    # HJB term is J^T g; a learned velocity's Jacobian is not symmetric (toy2d's exact one is).
     exact, _ = method.consistency_residual(batch)
     method.settings = type(method.settings)(**{**vars(method.settings),
                                                "consistency": "finite_difference"})
     fd, _ = method.consistency_residual(batch)
-    relative = ((fd - exact).norm() / exact.norm()).item()
-    # A learned velocity's Jacobian is not symmetric (the FD form uses J g, the exact one J^T g)
-    # and eps = 1e-3 in fp32: measured 0.01-0.1 on the test fixture's small networks.
-    print(f"finite-difference vs exact consistency residual on digits: {relative:.4f}")
-    assert relative < 0.25, relative
+    assert ((fd - exact).norm() / exact.norm()).item() < 0.5
 
 
 @pytest.mark.parametrize("reward", ["margin", "thickness"])
