@@ -22,6 +22,7 @@ if SUITE == "digits":
 include: "workflow/rules/train.smk"
 include: "workflow/rules/metrics.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/closed_form.smk"
 
 
 rule all:
@@ -34,6 +35,16 @@ rule all:
 rule train_all:
     input:
         train_targets(),
+
+
+rule closed_form:
+    input:
+        "results/closed_form/check.png",
+
+
+rule ablations:
+    input:
+        "results/figures/tradeoff.png",
 
 
 rule figures:

@@ -67,6 +67,10 @@ def bad_config(tmp_path):
         ({"train": {"max_step": 10}}, "unknown key(s) 'max_step' in train; allowed keys:"),
         ({"train": {"max_steps": 0}}, "train.max_steps: 0 is less than the minimum of 1"),
         ({"train": {"max_steps": -5}}, "train.max_steps: -5 is less than the minimum of 1"),
+        ({"ablations": {"variants": {"big": {"betaa": 2.0}}}},
+         "unknown key(s) 'betaa' in <top level>; allowed keys:"),
+        ({"ablations": {"reward": "aesthetic"}}, "unknown reward(s) 'aesthetic'"),
+        ({"suite": "toy2d"}, "resources: 'toy2d' is a required property"),
     ],
 )
 def test_bad_config_stops_before_any_job(bad_config, tmp_path, patch, message):
@@ -77,6 +81,25 @@ def test_bad_config_stops_before_any_job(bad_config, tmp_path, patch, message):
     assert "Config error, nothing was run." in output
     assert message in output, output
     assert not (tmp_path / "results").exists()
+
+
+def test_ablations_target_plans_one_run_per_variant_and_seed():
+    result = snakemake("-n", "--forceall", "--cores", "2", "--quiet", "rules", "ablations")
+    assert result.returncode == 0, result.stderr
+    config = yaml.safe_load((REPO / "config/config.yaml").read_text())["ablations"]
+    expected = len(config["variants"]) * len(config["seeds"])
+    assert f"train {expected}" in " ".join(result.stdout.split())
+
+
+def test_toy2d_workflow_runs_in_its_own_directory(tmp_path):
+    result = snakemake("--directory", str(tmp_path), "--snakefile", str(REPO / "Snakefile"),
+                       "--configfile", str(REPO / ".test/config_toy2d/config.yaml"),
+                       "--cores", "2")
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    metrics = pd.read_csv(tmp_path / "results/metrics/all.csv")
+    assert set(metrics["method"]) == {"vggflow", "vggflow_pmp"}
+    assert {"mean_0", "var_0", "fd_prior_points", "reward_linear"} <= set(metrics["metric"])
+    assert (tmp_path / "results/figures/convergence_quadratic.png").exists()
 
 
 def test_tiny_workflow_runs_end_to_end():

@@ -152,6 +152,26 @@ def cmd_metrics(args) -> None:
         pd.DataFrame(rows).to_csv(tmp, index=False)
 
 
+def cmd_closed_form(args) -> int:
+    import json
+
+    from vggflow import closed_form
+    from vggflow.utils.io import atomic_path
+
+    results = closed_form.check(args.updates, threads=args.threads)
+    for r in results:
+        print(f"{r['label']:36s} control {r['control_rel_error']:.2%}  "
+              f"value gradient {r['value_gradient_rel_error']:.2%}  "
+              f"shift {r['shift_rel_error']:.2%} (achieved {r['shift'][0]:.4f}, "
+              f"{r['shift'][1]:.4f}; exact {r['shift_exact'][0]:.4f}, {r['shift_exact'][1]:.4f})")
+    with atomic_path(args.out) as tmp:
+        tmp.write_text(json.dumps(results, indent=1) + "\n")
+    with atomic_path(args.figure) as tmp:
+        closed_form.plot(results, tmp.with_suffix(".png"))
+        tmp.with_suffix(".png").rename(tmp)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m vggflow", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -206,6 +226,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--provenance", help="output: provenance JSON")
     p.add_argument("--stop-after", type=int, default=None,
                    help="save the state and exit after this many updates (exit code 130)")
+
+    p = command("closed-form", cmd_closed_form,
+                "train VGG-Flow (exact, finite-difference) and VGG-Flow-PMP on toy2d's closed form")
+    p.add_argument("--updates", type=int, default=1500)
+    p.add_argument("--out", required=True, help="JSON with achieved vs exact values")
+    p.add_argument("--figure", required=True, help="PNG of achieved vs exact")
 
     p = command("metrics", cmd_metrics, "reward, diversity and FD of a run's samples")
     p.add_argument("--config", required=True)

@@ -42,3 +42,33 @@ def convergence(data: pd.DataFrame, reward: str, path: str | Path) -> None:
     fig.savefig(path, dpi=120)
     fig.savefig(path.with_suffix(".pdf"))
     plt.close(fig)
+
+
+def tradeoff(data: pd.DataFrame, path: str | Path) -> None:
+    """Reward against diversity and against fd_prior, one curve per variant (paper Sec. 5.3).
+
+    ``data``: ablation metrics with a ``variant`` column; each curve runs through the evaluation
+    checkpoints (mean over seeds), its first point being the base model.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    reward = f"reward_{data['reward'].iloc[0]}"
+    means = data.groupby(["variant", "step", "metric"])["value"].mean().unstack("metric")
+    others = [m for m in means.columns if m.startswith(("diversity_", "fd_prior_"))]
+    fig, axes = plt.subplots(1, len(others), figsize=(5 * len(others), 4), squeeze=False)
+    for ax, metric in zip(axes[0], sorted(others)):
+        for variant, block in means.groupby(level="variant"):
+            block = block.droplevel("variant").sort_index()
+            ax.plot(block[metric], block[reward], "o-", ms=3, label=variant)
+        ax.set_xlabel(metric)
+        ax.set_ylabel(reward)
+        ax.set_title(f"{reward} vs {metric}")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    fig.savefig(path.with_suffix(".pdf"))
+    plt.close(fig)

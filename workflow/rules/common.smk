@@ -1,5 +1,6 @@
 # All Python helpers of the workflow: config validation, the run table, path and target functions.
 # The package does the work; these functions only translate config into files and wildcards.
+import re
 import sys
 from itertools import product
 from pathlib import Path
@@ -40,6 +41,8 @@ def _load_checked_config(raw):
         path = method_dir / f"{name}.yaml"
         methods[name] = load_yaml(path) or {}
         validate(methods[name], method_file_schema(method_schemas, name), str(path))
+    if "ablations" in checked:
+        _check_ablations(checked, methods, method_schemas)
     reward_schema = load_yaml(SCHEMAS / "reward.schema.yaml")
     for name in checked["rewards"]:
         path = reward_dir / f"{name}.yaml"
@@ -58,6 +61,19 @@ def _load_checked_config(raw):
     return checked, methods
 
 
+def _check_ablations(checked, methods, method_schemas):
+    ablations = checked["ablations"]
+    where = "config key 'ablations'"
+    check_names("method", [ablations["method"]], list(methods), f"{where}.method (of 'methods')")
+    check_names(
+        "reward", [ablations["reward"]], checked["rewards"], f"{where}.reward (of 'rewards')"
+    )
+    schema = method_file_schema(method_schemas, ablations["method"])
+    overrides = schema["properties"]["per_reward"]["additionalProperties"]
+    for variant, values in ablations["variants"].items():
+        validate(values, overrides, f"{where}.variants.{variant}")
+
+
 try:
     CONFIG, METHOD_FILES = _load_checked_config(config)
 except ConfigError as error:
@@ -72,21 +88,35 @@ DIGITS = CONFIG["digits"]
 RESOURCES = suite_resources(CONFIG)
 
 
+ABLATION = CONFIG.get("ablations")
+ABLATION_RUNS = [
+    {"reward": ABLATION["reward"], "method": f"{ABLATION['method']}@{variant}", "seed": seed}
+    for variant in (ABLATION["variants"] if ABLATION else [])
+    for seed in ABLATION["seeds"]
+]
+
+
 wildcard_constraints:
     reward="|".join(CONFIG["rewards"]),
-    method="|".join(CONFIG["methods"]),
+    method="|".join(
+        re.escape(name) for name in CONFIG["methods"] + [r["method"] for r in ABLATION_RUNS]
+    ),
     seed=r"\d+",
 
 
 def run_config(wildcards):
-    """The merged config of one run (the resolve rule's params, so edits rerun only this run)."""
-    return resolve_run_config(
-        CONFIG,
-        METHOD_FILES[wildcards.method],
-        wildcards.reward,
-        wildcards.method,
-        int(wildcards.seed),
+    """The merged config of one run (the resolve rule's params, so edits rerun only this run).
+
+    An ablation run's method wildcard is `<method>@<variant>`: the method's config for that
+    reward, then the variant's overrides.
+    """
+    method, _, variant = wildcards.method.partition("@")
+    resolved = resolve_run_config(
+        CONFIG, METHOD_FILES[method], wildcards.reward, method, int(wildcards.seed)
     )
+    if variant:
+        resolved["method"].update(ABLATION["variants"][variant])
+    return resolved
 
 
 def base_config(wildcards):
@@ -109,10 +139,19 @@ def suite_files(wildcards=None):
     ]
 
 
-def metric_targets():
+def metric_targets(runs=RUNS):
     return [
-        f"results/metrics/{run['reward']}/{run['method']}/seed{run['seed']}.csv" for run in RUNS
+        f"results/metrics/{run['reward']}/{run['method']}/seed{run['seed']}.csv" for run in runs
     ]
+
+
+def ablation_metric_targets():
+    return metric_targets(ABLATION_RUNS)
+
+
+def ablation_variants():
+    """The variant of each ablation metrics file, in the order of ablation_metric_targets()."""
+    return [run["method"].partition("@")[2] for run in ABLATION_RUNS]
 
 
 def train_targets():

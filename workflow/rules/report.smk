@@ -56,3 +56,40 @@ rule plot_convergence:
         "../envs/analysis.yaml"
     script:
         "../scripts/plot_convergence.py"
+
+
+rule collect_ablation_metrics:
+    input:
+        ablation_metric_targets(),
+    output:
+        "results/ablations/metrics.csv",
+    log:
+        "logs/collect_ablation_metrics.log",
+    benchmark:
+        "benchmarks/collect_ablation_metrics.tsv"
+    conda:
+        "../envs/analysis.yaml"
+    params:
+        variants=ablation_variants(),
+    script:
+        "../scripts/collect_ablation_metrics.py"
+
+
+rule plot_tradeoff:
+    input:
+        "results/ablations/metrics.csv",
+    output:
+        png=report(
+            "results/figures/tradeoff.png",
+            category="Ablations",
+            caption="../report/tradeoff.rst",
+        ),
+        pdf="results/figures/tradeoff.pdf",
+    log:
+        "logs/plot_tradeoff.log",
+    benchmark:
+        "benchmarks/plot_tradeoff.tsv"
+    conda:
+        "../envs/analysis.yaml"
+    script:
+        "../scripts/plot_tradeoff.py"
