@@ -65,6 +65,11 @@ def test_trained_control_value_gradient_and_shift_match_the_closed_form(trained,
     assert result["shift_rel_error"] < TOLERANCE, result
 
 
+def test_closed_form_figure(trained, tmp_path):
+    cf.plot(list(trained.values()), tmp_path / "check.png")
+    assert (tmp_path / "check.png").stat().st_size > 10_000
+
+
 def toy_method(name: str, num_steps: int = 20, **method):
     cfg = RunConfig.from_mapping(cf.run_config(name, 1, num_steps=num_steps))
     cfg.method.update(method)

@@ -84,7 +84,7 @@ def test_bad_config_stops_before_any_job(bad_config, tmp_path, patch, message):
 
 
 def test_ablations_target_plans_one_run_per_variant_and_seed():
-    result = snakemake("-n", "--forceall", "--cores", "2", "--quiet", "rules", "ablations")
+    result = snakemake("ablations", "-n", "--forceall", "--cores", "2", "--quiet", "rules")
     assert result.returncode == 0, result.stderr
     config = yaml.safe_load((REPO / "config/config.yaml").read_text())["ablations"]
     expected = len(config["variants"]) * len(config["seeds"])

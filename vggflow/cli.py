@@ -167,8 +167,7 @@ def cmd_closed_form(args) -> int:
     with atomic_path(args.out) as tmp:
         tmp.write_text(json.dumps(results, indent=1) + "\n")
     with atomic_path(args.figure) as tmp:
-        closed_form.plot(results, tmp.with_suffix(".png"))
-        tmp.with_suffix(".png").rename(tmp)
+        closed_form.plot(results, tmp)
     return 0
 
 

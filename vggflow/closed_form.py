@@ -156,8 +156,10 @@ def plot(results: list[dict], path: str | Path) -> None:
         t = result["times"]
         axes[0].plot(t, [c[0] for c in result["control"]], "o-", ms=3, label=tag)
         axes[1].plot(t, [g[0] for g in result["value_gradient"]], "o-", ms=3, label=tag)
-    axes[0].plot(t, [c[0] for c in results[0]["control_exact"]], "k--", label="exact")
-    axes[1].plot(t, [g[0] for g in results[0]["value_gradient_exact"]], "k--", label="exact")
+    exact_t = results[0]["times"]
+    axes[0].plot(exact_t, [c[0] for c in results[0]["control_exact"]], "k--", label="exact")
+    axes[1].plot(exact_t, [g[0] for g in results[0]["value_gradient_exact"]], "k--",
+                 label="exact")
     axes[0].set_title("control u_0(t) = (v_theta - v_base)_0")
     axes[1].set_title("value gradient g_0(t) (PMP: costate)")
     names = [r["label"].replace(" (", "\n(") for r in results]
