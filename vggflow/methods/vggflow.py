@@ -89,7 +89,6 @@ class Transitions:
     prompts: list[str]
     final: Tensor
     final_guidance: Guidance
-    final_prompts: list[str]
 
 
 def clip_per_sample(grad: Tensor, max_norm: Tensor | float) -> Tensor:
@@ -160,7 +159,6 @@ class VGGFlow:
             prompts=[p for p in rollout.prompts for _ in range(bins)],
             final=rollout.final,
             final_guidance=rollout.guidance,
-            final_prompts=rollout.prompts,
         )
         if self.settings.reward_grad_clip == "quantile" and self.threshold is None:
             # The first update has no previous one: use its own first micro-batch.
