@@ -81,4 +81,14 @@ class Stateless:
             raise ValueError(f"{type(self).__name__} has no state, got keys {sorted(state)}")
 
 
+class AdapterOnly(Stateless):
+    """Mixin for methods that train only the flow model's adapter, with their config's AdamW."""
+
+    def trainable_modules(self) -> dict[str, nn.Module]:
+        return {"lora": self.model.adapter()}
+
+    def optimizer_settings(self, module: str) -> OptimizerSettings:
+        return self.settings.optimizer()
+
+
 METHODS: Registry[Method] = Registry("method")

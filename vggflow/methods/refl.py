@@ -12,10 +12,10 @@ from __future__ import annotations
 import dataclasses
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from vggflow.config import RunConfig, from_dict, require
-from vggflow.methods.base import METHODS, OptimizerSettings, Stateless
+from vggflow.methods.base import METHODS, AdapterOnly, OptimizerSettings
 from vggflow.sampling import Guidance, Rollout
 from vggflow.suites.base import Suite
 from vggflow.timegrid import one_step_prediction
@@ -38,7 +38,7 @@ class StopStates:
 
 
 @METHODS.register("refl")
-class ReFL(Stateless):
+class ReFL(AdapterOnly):
     name = "refl"
 
     def __init__(self, cfg: RunConfig, suite: Suite) -> None:
@@ -49,12 +49,6 @@ class ReFL(Stateless):
                 f"[{low}, {high}] must satisfy 0 <= low <= high <= sampler.num_steps - 1 = {last}")
         self.model = suite.flow_model
         self.reward = suite.reward(cfg.reward)
-
-    def trainable_modules(self) -> dict[str, nn.Module]:
-        return {"lora": self.model.adapter()}
-
-    def optimizer_settings(self, module: str) -> OptimizerSettings:
-        return self.settings.optimizer()
 
     def prepare(self, rollout: Rollout, generator: torch.Generator) -> StopStates:
         batch = rollout.final.shape[0]

@@ -14,10 +14,10 @@ from __future__ import annotations
 import dataclasses
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from vggflow.config import RunConfig, from_dict, require
-from vggflow.methods.base import METHODS, OptimizerSettings, Stateless
+from vggflow.methods.base import METHODS, AdapterOnly, OptimizerSettings
 from vggflow.sampling import Guidance, Rollout
 from vggflow.suites.base import Suite
 
@@ -43,19 +43,13 @@ class Costates:
 
 
 @METHODS.register("vggflow_pmp")
-class VGGFlowPMP(Stateless):
+class VGGFlowPMP(AdapterOnly):
     name = "vggflow_pmp"
 
     def __init__(self, cfg: RunConfig, suite: Suite) -> None:
         self.settings = from_dict(VGGFlowPMPSettings, cfg.method, "method (vggflow_pmp)")
         self.model = suite.flow_model
         self.reward = suite.reward(cfg.reward)
-
-    def trainable_modules(self) -> dict[str, nn.Module]:
-        return {"lora": self.model.adapter()}
-
-    def optimizer_settings(self, module: str) -> OptimizerSettings:
-        return self.settings.optimizer()
 
     def costates(self, rollout: Rollout) -> Tensor:
         """a_k for k = 0..K, shape (K + 1, B, ...), by the discrete adjoint of the base step."""

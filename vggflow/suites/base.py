@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Protocol, runtime_checkable
 
 from torch import Tensor, nn
 
-from vggflow.models.base import FlowModel
+from vggflow.models.base import FLOW_MODELS, FlowModel
 from vggflow.registry import Registry
-from vggflow.rewards.base import Reward
+from vggflow.rewards.base import REWARDS, Reward
 
 
 @runtime_checkable
@@ -52,6 +53,31 @@ class Suite(Protocol):
     def extra_metrics(self, images: Tensor) -> dict[str, float]:
         """Suite-specific metrics of one checkpoint's images (P, n, ...), e.g. toy2d's moments."""
         ...
+
+
+class RegisteredSuite:
+    """Shared plumbing: the flow model and rewards come from the FLOW_MODELS / REWARDS registries
+    under the suite's and the rewards' config names, loaded once, lazily."""
+
+    name: str
+
+    def __init__(self, resources: dict, lora_rank: int = 8, lora_alpha: float = 8.0,
+                 device: str = "cpu") -> None:
+        self.resources = resources
+        self.lora_rank = lora_rank
+        self.lora_alpha = lora_alpha
+        self.device = device
+        self._rewards: dict[str, Reward] = {}
+
+    @cached_property
+    def flow_model(self) -> FlowModel:
+        return FLOW_MODELS.get(self.name)(self.resources, self.lora_rank, self.lora_alpha,
+                                          self.device)
+
+    def reward(self, name: str) -> Reward:
+        if name not in self._rewards:
+            self._rewards[name] = REWARDS.get(name)(self.resources, self.device)
+        return self._rewards[name]
 
 
 SUITES: Registry[Suite] = Registry("suite")

@@ -16,18 +16,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vggflow.models.base import FLOW_MODELS
 from vggflow.models.digits import (
     NUM_CLASSES,
-    DigitsFlowModel,
     images_to_samples,
     label_for,
     prompt_for,
 )
 from vggflow.models.mlp import ConditionalMLP
-from vggflow.rewards.base import REWARDS
-from vggflow.rewards.digits import DigitsReward, fit
-from vggflow.suites.base import SUITES
+from vggflow.rewards.digits import fit
+from vggflow.suites.base import SUITES, RegisteredSuite
 from vggflow.utils.io import torch_load
 
 
@@ -85,27 +82,9 @@ def value_network() -> ConditionalMLP:
 
 
 @SUITES.register("digits")
-class DigitsSuite:
+class DigitsSuite(RegisteredSuite):
     name = "digits"
     feature_backend = "evalnet"
-
-    def __init__(self, resources: dict, lora_rank: int = 8, lora_alpha: float = 8.0,
-                 device: str = "cpu") -> None:
-        self.resources = resources
-        self.lora_rank = lora_rank
-        self.lora_alpha = lora_alpha
-        self.device = device
-        self._rewards: dict[str, DigitsReward] = {}
-
-    @cached_property
-    def flow_model(self) -> DigitsFlowModel:
-        return FLOW_MODELS.get(self.name)(self.resources, self.lora_rank, self.lora_alpha,
-                                          self.device)
-
-    def reward(self, name: str) -> DigitsReward:
-        if name not in self._rewards:
-            self._rewards[name] = REWARDS.get(name)(self.resources, self.device)
-        return self._rewards[name]
 
     def train_prompts(self) -> list[str]:
         return [prompt_for(label) for label in range(NUM_CLASSES)]

@@ -7,17 +7,13 @@ points themselves, and :meth:`Toy2dSuite.extra_metrics` adds their moments.
 
 from __future__ import annotations
 
-from functools import cached_property
-
 import torch
 from torch import Tensor, nn
 
-from vggflow.models.base import FLOW_MODELS
+from vggflow.models import toy2d as _toy2d_model  # noqa: F401  (registers the flow model)
 from vggflow.models.mlp import ConditionalMLP
-from vggflow.models.toy2d import Toy2dFlowModel
 from vggflow.rewards import toy2d as _toy2d_rewards  # noqa: F401  (registers the rewards)
-from vggflow.rewards.base import REWARDS, Reward
-from vggflow.suites.base import SUITES
+from vggflow.suites.base import SUITES, RegisteredSuite
 
 PROMPT = "a point"
 
@@ -28,24 +24,11 @@ def value_network() -> ConditionalMLP:
 
 
 @SUITES.register("toy2d")
-class Toy2dSuite:
+class Toy2dSuite(RegisteredSuite):
+    """LoRA settings are ignored: the trainable part is a residual MLP."""
+
     name = "toy2d"
     feature_backend = "points"
-
-    def __init__(self, resources: dict, lora_rank: int = 8, lora_alpha: float = 8.0,
-                 device: str = "cpu") -> None:
-        self.resources = resources
-        self.device = device
-        self._rewards: dict[str, Reward] = {}
-
-    @cached_property
-    def flow_model(self) -> Toy2dFlowModel:
-        return FLOW_MODELS.get(self.name)(self.resources, 0, 0.0, self.device)
-
-    def reward(self, name: str) -> Reward:
-        if name not in self._rewards:
-            self._rewards[name] = REWARDS.get(name)(self.resources, self.device)
-        return self._rewards[name]
 
     def train_prompts(self) -> list[str]:
         return [PROMPT]
