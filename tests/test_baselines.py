@@ -1,0 +1,63 @@
+"""ReFL, DRaFT-K and DRaFT-LV: they raise the reward, touch only trainable parameters, and reject
+bad settings at validation."""
+
+import pandas as pd
+import pytest
+import torch
+
+from vggflow import closed_form
+from vggflow.config import ConfigError, RunConfig
+from vggflow.train import LOG_FILE, Trainer
+
+BASELINES = {
+    "refl": {"name": "refl"},
+    "draft": {"name": "draft", "truncation": 2},
+    "draft_lv": {"name": "draft_lv", "renoised_samples": 2},
+}
+
+
+def reward_gain(trainer) -> float:
+    log = pd.read_csv(trainer.state_dir / LOG_FILE)
+    return log["reward_mean"].iloc[-5:].mean() - log["reward_mean"].iloc[:5].mean()
+
+
+@pytest.mark.parametrize("name", sorted(BASELINES))
+def test_baseline_raises_the_toy2d_reward(name, tmp_path):
+    cfg = closed_form.run_config("vggflow", 40)
+    cfg["method"] = {**BASELINES[name], "lr": 2e-3, "reward_relu": False}
+    trainer = Trainer(RunConfig.from_mapping(cfg), tmp_path / "state", threads=1)
+    trainer.run()
+    assert reward_gain(trainer) > 0.1, (name, reward_gain(trainer))
+
+
+@pytest.mark.parametrize("name", sorted(BASELINES))
+def test_baseline_raises_the_digits_reward_and_touches_only_trainable_params(
+        name, make_run_config, tmp_path):
+    cfg = make_run_config(method_name=name, method={**BASELINES[name], "lr": 3e-3},
+                          train={"max_steps": 40, "eval_every": 40, "checkpoint_every": 40})
+    trainer = Trainer(RunConfig.from_mapping(cfg), tmp_path / "state", threads=1)
+    trainer.run()
+    assert reward_gain(trainer) > 0, name
+    batch = trainer.method.prepare(trainer.rollout_batch(), torch.Generator().manual_seed(0))
+    trainer.method.loss("lora", batch, 0)["loss"].backward()
+    network = trainer.model.adapter()
+    touched = {n for n, p in network.named_parameters() if p.grad is not None}
+    assert touched and all(p.requires_grad for n, p in network.named_parameters() if n in touched)
+    assert all("lora_" in n for n in touched)
+    assert not any(p.grad is not None for p in trainer.reward.net.parameters())
+
+
+@pytest.mark.parametrize(
+    ("method", "message"),
+    [
+        ({"name": "draft", "truncation": 21}, "truncation: 21 is larger than sampler.num_steps"),
+        ({"name": "draft", "truncation": 0}, "truncation: must be at least 1"),
+        ({"name": "draft_lv", "renoised_samples": 0}, "needs n >= 1"),
+        ({"name": "draft_lv", "truncation": 2}, "DRaFT-LV uses K = 1"),
+        ({"name": "refl", "stop_steps": [15, 20]}, "stop_steps"),
+    ],
+)
+def test_bad_baseline_settings_name_the_key(method, message, make_run_config, tmp_path):
+    cfg = make_run_config(method_name=method["name"], method=method)
+    with pytest.raises(ConfigError, match=message):
+        Trainer(RunConfig.from_mapping(cfg), tmp_path / "state", threads=1)
