@@ -11,7 +11,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from vggflow.timegrid import uniform_grid
+from vggflow.timegrid import broadcast_time, uniform_grid
 
 VelocityFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 
@@ -97,6 +97,49 @@ def euler_rollout(
                 states.append(x)
     if not record:
         states.append(x)
+    return Rollout(torch.stack(states), times, guidance, list(prompts))
+
+
+def memoryless_sigma(t: Tensor, offset: float) -> Tensor:
+    """Adjoint Matching's memoryless noise scale, sqrt(2 (1 - t + h) / (t + h)) with offset h."""
+    return torch.sqrt(2 * (1 - t + offset) / (t + offset))
+
+
+def sde_drift(velocity: Tensor, x: Tensor, t: Tensor, sigma: Tensor) -> Tensor:
+    """v + (sigma^2 / 2) * score, with the score of a Gaussian-path flow s = (t v - x) / (1 - t).
+
+    Finite for t < 1 (t = 0 gives s = -x); rollouts never evaluate it at t = 1.
+    """
+    tb = broadcast_time(t, x)
+    sb = broadcast_time(sigma, x)
+    return velocity + 0.5 * sb**2 * (tb * velocity - x) / (1 - tb)
+
+
+def sde_rollout(
+    velocity_fn: VelocityFn,
+    noise: Tensor,
+    times: Tensor,
+    guidance: Guidance,
+    prompts: list[str],
+    offset: float,
+    generator: torch.Generator,
+) -> Rollout:
+    """Euler-Maruyama with the memoryless schedule: x += h b(x, t) + sqrt(h) sigma(t) eps.
+
+    b = v_cfg + (sigma^2 / 2) score(v_cfg); every state is kept; no gradient.
+    """
+    x = noise
+    states = [x]
+    batch = noise.shape[0]
+    with torch.no_grad():
+        for i in range(times.shape[0] - 1):
+            t = times[i].expand(batch)
+            h = times[i + 1] - times[i]
+            sigma = memoryless_sigma(t, offset)
+            drift = sde_drift(guidance.velocity(velocity_fn, x, t), x, t, sigma)
+            eps = torch.randn(x.shape, generator=generator).to(x.device)
+            x = x + h * drift + torch.sqrt(h) * broadcast_time(sigma, x) * eps
+            states.append(x)
     return Rollout(torch.stack(states), times, guidance, list(prompts))
 
 

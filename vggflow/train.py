@@ -26,7 +26,7 @@ import yaml
 from vggflow.config import RunConfig
 from vggflow.methods import METHODS, load_builtin_methods
 from vggflow.methods.base import Method
-from vggflow.sampling import Guidance, euler_rollout, sample_images
+from vggflow.sampling import Guidance, sample_images
 from vggflow.suites import SUITES, Suite, load_builtin_suites
 from vggflow.timegrid import uniform_grid
 from vggflow.utils.io import copy_file_atomic, copy_tree_atomic, torch_save_atomic
@@ -236,8 +236,8 @@ class Trainer:
         noise = torch.randn((n, *self.model.sample_shape), generator=self.generator)
         guidance = Guidance(self.model.encode_prompts(prompts), self.model.null_condition(n),
                             self.cfg.sampler.guidance_scale)
-        return euler_rollout(self.model.velocity, noise.to(self.device), self.times, guidance,
-                             prompts)
+        return self.method.rollout(self.model.velocity, noise.to(self.device), self.times,
+                                   guidance, prompts, self.generator)
 
     def update(self) -> dict:
         """One optimizer update of every trainable module, in the method's order."""

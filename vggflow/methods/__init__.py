@@ -9,7 +9,13 @@ from vggflow.methods.base import METHODS, Method
 
 def load_builtin_methods() -> None:
     """Import the built-in methods so that they register themselves."""
-    from vggflow.methods import draft, refl, vggflow, vggflow_pmp  # noqa: F401
+    from vggflow.methods import (  # noqa: F401
+        adjoint_matching,
+        draft,
+        refl,
+        vggflow,
+        vggflow_pmp,
+    )
 
 
 __all__ = ["METHODS", "Method", "load_builtin_methods"]

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from vggflow.registry import Registry
-from vggflow.sampling import Rollout
+from vggflow.sampling import Rollout, euler_rollout
 
 
 @runtime_checkable
@@ -41,6 +41,11 @@ class Method(Protocol):
 
     def loss(self, module: str, batch: Any, step: int) -> dict[str, Tensor]: ...
 
+    def rollout(self, velocity_fn, noise: Tensor, times: Tensor, guidance, prompts: list[str],
+                generator: torch.Generator) -> Rollout:
+        """On-policy trajectories of the current model (no gradient); the Euler ODE by default."""
+        ...
+
     def end_update(self) -> dict[str, float]:
         """Called after every optimizer update; returns scalars to log (e.g. a new threshold)."""
         ...
@@ -67,8 +72,12 @@ class OptimizerSettings:
                                  adam_betas=self.adam_betas, grad_clip_norm=self.grad_clip_norm)
 
 
-class Stateless:
-    """Mixin for methods whose only state is their modules and optimizers."""
+class MethodBase:
+    """Defaults: Euler ODE rollouts, and no state beyond the modules and optimizers."""
+
+    def rollout(self, velocity_fn, noise: Tensor, times: Tensor, guidance, prompts: list[str],
+                generator: torch.Generator) -> Rollout:
+        return euler_rollout(velocity_fn, noise, times, guidance, prompts)
 
     def end_update(self) -> dict[str, float]:
         return {}
@@ -81,7 +90,7 @@ class Stateless:
             raise ValueError(f"{type(self).__name__} has no state, got keys {sorted(state)}")
 
 
-class AdapterOnly(Stateless):
+class AdapterOnly(MethodBase):
     """Mixin for methods that train only the flow model's adapter, with their config's AdamW."""
 
     def trainable_modules(self) -> dict[str, nn.Module]:

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from torch.func import grad, jvp
 
 from vggflow.config import RunConfig, from_dict, require
-from vggflow.methods.base import METHODS, OptimizerSettings
+from vggflow.methods.base import METHODS, MethodBase, OptimizerSettings
 from vggflow.sampling import Guidance, Rollout, subsample_steps
 from vggflow.suites.base import Suite
 from vggflow.timegrid import broadcast_time, one_step_prediction
@@ -99,7 +99,7 @@ def clip_per_sample(grad: Tensor, max_norm: Tensor | float) -> Tensor:
 
 
 @METHODS.register("vggflow")
-class VGGFlow:
+class VGGFlow(MethodBase):
     name = "vggflow"
 
     def __init__(self, cfg: RunConfig, suite: Suite) -> None:

@@ -1,0 +1,131 @@
+"""Adjoint Matching: the memoryless SDE, the lean adjoint, and the exact reward tilt on toy2d."""
+
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from vggflow import closed_form as cf
+from vggflow.config import ConfigError, RunConfig
+from vggflow.methods import METHODS, load_builtin_methods
+from vggflow.sampling import Guidance, euler_rollout, memoryless_sigma, sde_drift, sde_rollout
+from vggflow.suites.toy2d import Toy2dSuite
+from vggflow.timegrid import uniform_grid
+from vggflow.train import Trainer
+
+load_builtin_methods()
+LAMBDA = 1.0
+
+
+def am_config(steps: int, updates: int = 1, **method) -> dict:
+    cfg = cf.run_config("vggflow", updates, num_steps=steps)
+    cfg["method"] = {"name": "adjoint_matching", "lr": 1e-3, "reward_scale": LAMBDA, **method}
+    return cfg
+
+
+def build(steps: int):
+    cfg = RunConfig.from_mapping(am_config(steps))
+    suite = Toy2dSuite(cfg.resources)
+    return METHODS.get("adjoint_matching")(cfg, suite), suite
+
+
+def test_memoryless_sde_keeps_the_base_marginal():
+    # With the exact base velocity, the memoryless SDE ends at the base N(mu, s^2 I).
+    _, suite = build(20)
+    model = suite.flow_model
+    n = 20_000
+    generator = torch.Generator().manual_seed(0)
+    guidance = Guidance(torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.long), 1.0)
+    rollout = sde_rollout(model.base_velocity, torch.randn((n, 2), generator=generator),
+                          uniform_grid(400), guidance, [""] * n, 1 / 400, generator)
+    assert torch.allclose(rollout.final.mean(0), torch.tensor(cf.MEAN), atol=0.03)
+    assert torch.allclose(rollout.final.var(0), torch.full((2,), cf.STD**2), rtol=0.05)
+
+
+def test_lean_adjoint_is_the_exact_gradient_of_the_discrete_base_chain():
+    method, suite = build(20)
+    model = suite.flow_model
+    times = uniform_grid(20)
+    batch = 8
+    cond = torch.zeros(batch, dtype=torch.long)
+    x0 = torch.randn(batch, 2, requires_grad=True)
+    states, x = [x0], x0
+    for k in range(19):  # noiseless base steps; the last state's successor is x1_hat
+        t = times[k].expand(batch)
+        x = x + (times[k + 1] - times[k]) * method.base_drift(x, t, cond)
+        states.append(x)
+    x1_hat = x + (times[20] - times[19]) * model.base_velocity(x, times[19].expand(batch), cond)
+    objective = -LAMBDA * method.reward(model.decode(x1_hat), [""] * batch).sum()
+    (exact,) = torch.autograd.grad(objective, x0)
+    stored = torch.stack([s.detach() for s in states] + [x1_hat.detach()])
+    rollout = Rollout(stored, times, Guidance(cond, cond, 1.0), [""] * batch)
+    adjoints = method.lean_adjoint(rollout)
+    assert not adjoints.requires_grad
+    assert torch.allclose(adjoints[0], exact, rtol=1e-4, atol=1e-6)
+
+
+def test_stored_trajectory_and_prepared_terms_hold_no_graph():
+    method, suite = build(20)
+    model = suite.flow_model
+    guidance = Guidance(model.encode_prompts(["a point"] * 16), model.null_condition(16), 1.0)
+    generator = torch.Generator().manual_seed(0)
+    rollout = method.rollout(model.velocity, torch.randn(16, 2), uniform_grid(20), guidance,
+                             ["a point"] * 16, generator)
+    assert not rollout.states.requires_grad
+    terms = method.prepare(rollout, generator)
+    assert not any(t.requires_grad for t in (terms.x, terms.t, terms.sigma, terms.adjoint))
+    # the last quarter (5 of 20 steps) plus 5 random earlier ones
+    assert terms.x.shape[0] == 16 * 10
+    assert method.select_steps(20, generator)[-5:] == [15, 16, 17, 18, 19]
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("reward_scale", 0.0, "reward_scale: lambda must be positive"),
+    ("reward_scale", -1.0, "reward_scale: lambda must be positive"),
+    ("early_fraction", 0.9, "early_fraction: must lie in"),
+])
+def test_bad_settings_name_the_key(key, value, message):
+    cfg = RunConfig.from_mapping(am_config(20, **{key: value}))
+    with pytest.raises(ConfigError, match=message):
+        METHODS.get("adjoint_matching")(cfg, Toy2dSuite(cfg.resources))
+
+
+def test_drift_is_velocity_plus_half_sigma_squared_score():
+    x, t, v = torch.tensor([[1.0, 2.0]]), torch.tensor([0.25]), torch.tensor([[0.5, -1.0]])
+    sigma = memoryless_sigma(t, 0.05)
+    score = (0.25 * v - x) / 0.75
+    assert torch.allclose(sde_drift(v, x, t, sigma), v + 0.5 * sigma**2 * score)
+
+
+@pytest.fixture(scope="module")
+def tilt_errors():
+    """Per grid: relative error of the trained mean shift against lambda s^2 a; covariance."""
+    results = {}
+    for steps in (20, 40, 80):
+        with tempfile.TemporaryDirectory() as state:
+            trainer = Trainer(RunConfig.from_mapping(am_config(steps, updates=600)),
+                              Path(state) / "state", threads=2)
+            trainer.run()
+        model, n = trainer.model, 20_000
+        noise = torch.randn((n, 2), generator=torch.Generator().manual_seed(5))
+        guidance = Guidance(model.encode_prompts(["a point"] * n), model.null_condition(n), 1.0)
+        fine = uniform_grid(400)
+        tuned = euler_rollout(model.velocity, noise, fine, guidance, [""] * n, record=False).final
+        base = euler_rollout(model.base_velocity, noise, fine, guidance, [""] * n,
+                             record=False).final
+        exact = LAMBDA * cf.STD**2 * torch.tensor(cf.REWARD_A)
+        shift = tuned.mean(0) - base.mean(0)
+        results[steps] = {"shift_error": ((shift - exact).norm() / exact.norm()).item(),
+                          "cov": torch.cov(tuned.T)}
+    return results
+
+
+def test_adjoint_matching_approaches_the_exact_tilt(tilt_errors):
+    # Measured: shift reaches 78% / 87% / 93% of lambda s^2 a on 20 / 40 / 80 steps.
+    errors = [tilt_errors[s]["shift_error"] for s in (20, 40, 80)]
+    print("Adjoint Matching shift errors on 20/40/80 steps:", errors)
+    assert errors[0] > errors[1] > errors[2]
+    assert errors[2] < 0.10
+    for steps, result in tilt_errors.items():
+        assert torch.allclose(result["cov"], cf.STD**2 * torch.eye(2), atol=0.05 * cf.STD**2), steps
