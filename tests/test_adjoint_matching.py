@@ -9,7 +9,14 @@ import torch
 from vggflow import closed_form as cf
 from vggflow.config import ConfigError, RunConfig
 from vggflow.methods import METHODS, load_builtin_methods
-from vggflow.sampling import Guidance, euler_rollout, memoryless_sigma, sde_drift, sde_rollout
+from vggflow.sampling import (
+    Guidance,
+    Rollout,
+    euler_rollout,
+    memoryless_sigma,
+    sde_drift,
+    sde_rollout,
+)
 from vggflow.suites.toy2d import Toy2dSuite
 from vggflow.timegrid import uniform_grid
 from vggflow.train import Trainer
