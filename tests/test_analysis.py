@@ -1,5 +1,6 @@
 import numpy as np
 import pandas as pd
+import pytest
 
 from vggflow.analysis.plots import convergence
 from vggflow.analysis.style import METHOD_ORDER, PALETTE, ordered_methods
@@ -41,3 +42,21 @@ def test_tables_and_figure_files(tmp_path):
 
 def test_every_ordered_method_has_a_colour():
     assert set(METHOD_ORDER) == set(PALETTE)
+
+
+def test_compute_table_per_method(tmp_path):
+    from vggflow.analysis.tables import compute_table, write_compute_table
+
+    def log(seconds, memory):
+        return pd.DataFrame({"step": [1, 2, 4], "elapsed_s": [seconds, 2 * seconds, 4 * seconds],
+                             "peak_memory_mb": [memory - 1, memory, memory]})
+
+    runs = [{"reward": "margin", "method": m, "seed": s}
+            for m in ("refl", "vggflow") for s in (0, 1)]
+    table = compute_table([log(0.1, 700), log(0.3, 710), log(1.0, 900), log(1.0, 905)], runs)
+    assert table["method"].tolist() == ["vggflow", "refl"]
+    refl = table.set_index("method").loc["refl"]
+    assert refl["seconds_per_update"] == pytest.approx(0.2)
+    assert refl["peak_memory_mb"] == 710 and refl["runs"] == 2 and refl["updates"] == 4
+    write_compute_table(table, tmp_path / "m.csv", tmp_path / "m.md")
+    assert "| VGG-Flow | 2 | 4 | 1.000 ± 0.000 | 905 |" in (tmp_path / "m.md").read_text()

@@ -116,7 +116,7 @@ def test_tiny_workflow_runs_end_to_end():
                  "benchmarks/train/margin/vggflow/seed0.tsv", "logs/train/margin/refl/seed0.log"):
         assert (workdir / path).exists(), path
     metrics = pd.read_csv(workdir / "results/metrics/all.csv")
-    assert set(metrics["method"]) == {"vggflow", "refl"}
+    assert set(metrics["method"]) == {"vggflow", "refl", "draft", "adjoint_matching"}
     assert sorted(metrics["step"].unique()) == [0, 2, 4]
     assert {"reward_margin", "reward_thickness", "diversity_evalnet", "fd_prior_evalnet",
             "fd_ref_evalnet"} <= set(metrics["metric"])
@@ -124,7 +124,10 @@ def test_tiny_workflow_runs_end_to_end():
     assert (base["value"].abs() < 1e-6).all()  # step 0 is the base model itself
     table = pd.read_csv(workdir / "results/tables/summary.csv")
     assert {"reward", "method", "metric", "mean", "std", "seeds", "step"} <= set(table.columns)
-    assert set(table["method"]) == {"base", "vggflow", "refl"}
+    assert set(table["method"]) == {"base", "vggflow", "refl", "draft", "adjoint_matching"}
+    compute = pd.read_csv(workdir / "results/bench/methods.csv")
+    assert set(compute["method"]) == {"vggflow", "refl", "draft", "adjoint_matching"}
+    assert (compute["seconds_per_update"] > 0).all()
     # nothing left to do: a second invocation schedules no job
     again = snakemake("--directory", ".test", "--cores", "2", "-n")
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr

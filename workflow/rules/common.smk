@@ -162,7 +162,12 @@ def train_targets():
 
 
 def table_targets():
-    return ["results/tables/summary.csv", "results/tables/summary.md"]
+    return [
+        "results/tables/summary.csv",
+        "results/tables/summary.md",
+        "results/bench/methods.csv",
+        "results/bench/methods.md",
+    ]
 
 
 def figure_targets():

@@ -93,3 +93,25 @@ rule plot_tradeoff:
         "../envs/analysis.yaml"
     script:
         "../scripts/plot_tradeoff.py"
+
+
+rule make_compute_table:
+    input:
+        train_targets(),
+    output:
+        csv=report(
+            "results/bench/methods.csv",
+            category="Compute",
+            caption="../report/compute.rst",
+        ),
+        markdown="results/bench/methods.md",
+    log:
+        "logs/make_compute_table.log",
+    benchmark:
+        "benchmarks/make_compute_table.tsv"
+    conda:
+        "../envs/analysis.yaml"
+    params:
+        runs=RUNS,
+    script:
+        "../scripts/make_compute_table.py"
