@@ -62,7 +62,8 @@ def bad_config(tmp_path):
     ("patch", "message"),
     [
         ({"methods": ["vggflow", "reefl"]},
-         "unknown method(s) 'reefl'; available methods: refl, vggflow"),
+         "unknown method(s) 'reefl'; available methods: "
+         + ", ".join(sorted(p.stem for p in (REPO / "config/methods").glob("*.yaml")))),
         ({"rewards": ["margin", "aesthetics"]}, "unknown reward(s) 'aesthetics'"),
         ({"train": {"max_step": 10}}, "unknown key(s) 'max_step' in train; allowed keys:"),
         ({"train": {"max_steps": 0}}, "train.max_steps: 0 is less than the minimum of 1"),
