@@ -86,13 +86,22 @@ def euler_rollout(
 
     With ``record=False`` only the first and last states are kept (evaluation sampling).
     """
+
+    def step(x: Tensor, t: Tensor, h: Tensor) -> Tensor:
+        return x + h * guidance.velocity(velocity_fn, x, t)
+
+    return _integrate(step, noise, times, guidance, prompts, record)
+
+
+def _integrate(step: Callable[[Tensor, Tensor, Tensor], Tensor], noise: Tensor, times: Tensor,
+               guidance: Guidance, prompts: list[str], record: bool) -> Rollout:
+    """Apply x <- step(x, t_i, t_{i+1} - t_i) along ``times`` without gradient."""
     x = noise
     states = [x]
     batch = noise.shape[0]
     with torch.no_grad():
         for i in range(times.shape[0] - 1):
-            t = times[i].expand(batch)
-            x = x + (times[i + 1] - times[i]) * guidance.velocity(velocity_fn, x, t)
+            x = step(x, times[i].expand(batch), times[i + 1] - times[i])
             if record:
                 states.append(x)
     if not record:
@@ -128,19 +137,14 @@ def sde_rollout(
 
     b = v_cfg + (sigma^2 / 2) score(v_cfg); every state is kept; no gradient.
     """
-    x = noise
-    states = [x]
-    batch = noise.shape[0]
-    with torch.no_grad():
-        for i in range(times.shape[0] - 1):
-            t = times[i].expand(batch)
-            h = times[i + 1] - times[i]
-            sigma = memoryless_sigma(t, offset)
-            drift = sde_drift(guidance.velocity(velocity_fn, x, t), x, t, sigma)
-            eps = torch.randn(x.shape, generator=generator).to(x.device)
-            x = x + h * drift + torch.sqrt(h) * broadcast_time(sigma, x) * eps
-            states.append(x)
-    return Rollout(torch.stack(states), times, guidance, list(prompts))
+
+    def step(x: Tensor, t: Tensor, h: Tensor) -> Tensor:
+        sigma = memoryless_sigma(t, offset)
+        drift = sde_drift(guidance.velocity(velocity_fn, x, t), x, t, sigma)
+        eps = torch.randn(x.shape, generator=generator).to(x.device)
+        return x + h * drift + torch.sqrt(h) * broadcast_time(sigma, x) * eps
+
+    return _integrate(step, noise, times, guidance, prompts, record=True)
 
 
 def subsample_steps(
