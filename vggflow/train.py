@@ -321,7 +321,6 @@ class Trainer:
         torch_save_atomic({"steps": steps, "prompts": self.suite.eval_prompts(), "images": images},
                           outputs.samples)
 
-
     def clear_state(self) -> None:
         """Remove the state folder of a published run, so a forced rerun trains from scratch."""
         shutil.rmtree(self.state_dir, ignore_errors=True)

@@ -27,7 +27,13 @@ import torch
 from torch import Tensor
 
 from vggflow.config import RunConfig, from_dict, require
-from vggflow.methods.base import METHODS, AdapterOnly, OptimizerSettings
+from vggflow.methods.base import (
+    METHODS,
+    AdapterOnly,
+    OptimizerSettings,
+    discrete_adjoint,
+    terminal_reward_gradient,
+)
 from vggflow.sampling import Rollout, memoryless_sigma, sde_drift, sde_rollout
 from vggflow.suites.base import Suite
 
@@ -80,25 +86,20 @@ class AdjointMatching(AdapterOnly):
     def lean_adjoint(self, rollout: Rollout) -> Tensor:
         """a_0..a_{N-1}, shape (N, B, ...), detached (see the module docstring)."""
         states, times, cond = rollout.states, rollout.times, rollout.guidance.cond
-        steps, batch = rollout.num_steps, states.shape[1]
-        last = states[-2].detach()
-        t_last = times[-2].expand(batch)
+        last, t_last = states[-2], times[-2].expand(states.shape[1])
         with torch.no_grad():
             x1_hat = last + (times[-1] - times[-2]) * self.model.base_velocity(last, t_last, cond)
-        x1_hat.requires_grad_(True)
-        reward = self.reward(self.model.decode(x1_hat), rollout.prompts).sum()
-        (reward_grad,) = torch.autograd.grad(reward, x1_hat)
-        adjoint = -self.settings.reward_scale * reward_grad
-        adjoints = []
-        for k in range(steps - 1, -1, -1):
-            x = states[k].detach().requires_grad_(True)
-            t = times[k].expand(batch)
-            drift = (self.model.base_velocity(x, t, cond) if k == steps - 1
-                     else self.base_drift(x, t, cond))
-            (jta,) = torch.autograd.grad(drift, x, grad_outputs=adjoint)
-            adjoint = (adjoint + (times[k + 1] - times[k]) * jta).detach()
-            adjoints.append(adjoint)
-        return torch.stack(adjoints[::-1])
+        terminal = -self.settings.reward_scale * terminal_reward_gradient(
+            self.model, self.reward, x1_hat, rollout.prompts)
+        final_step = rollout.num_steps - 1
+
+        def drift(x: Tensor, t: Tensor, k: int) -> Tensor:
+            # the last step is the noiseless base ODE step that produced x1_hat
+            if k == final_step:
+                return self.model.base_velocity(x, t, cond)
+            return self.base_drift(x, t, cond)
+
+        return discrete_adjoint(states, times, terminal, drift)[:-1]
 
     def select_steps(self, steps: int, generator: torch.Generator) -> list[int]:
         """The last quarter of the steps, plus random earlier ones (without replacement)."""

@@ -72,6 +72,30 @@ class OptimizerSettings:
                                  adam_betas=self.adam_betas, grad_clip_norm=self.grad_clip_norm)
 
 
+def terminal_reward_gradient(model, reward, x: Tensor, prompts: list[str]) -> Tensor:
+    """grad_x r(decode(x)) of (detached) samples x at t = 1."""
+    x = x.detach().requires_grad_(True)
+    (gradient,) = torch.autograd.grad(reward(model.decode(x), prompts).sum(), x)
+    return gradient
+
+
+def discrete_adjoint(states: Tensor, times: Tensor, terminal: Tensor, drift) -> Tensor:
+    """Adjoints a_0..a_K (shape (K + 1, B, ...), detached) of the Euler steps of ``drift``.
+
+    a_K = ``terminal`` and a_k = a_{k+1} + h_k J_k^T a_{k+1}, J_k the Jacobian of
+    ``drift(x, t, k)`` at the stored state x_k: the exact adjoint of x_{k+1} = x_k + h_k drift,
+    one vector-Jacobian product per step, no graph kept across steps.
+    """
+    batch = states.shape[1]
+    adjoints = [terminal.detach()]
+    for k in range(times.shape[0] - 2, -1, -1):
+        x = states[k].detach().requires_grad_(True)
+        (jta,) = torch.autograd.grad(drift(x, times[k].expand(batch), k), x,
+                                     grad_outputs=adjoints[-1])
+        adjoints.append((adjoints[-1] + (times[k + 1] - times[k]) * jta).detach())
+    return torch.stack(adjoints[::-1])
+
+
 class MethodBase:
     """Defaults: Euler ODE rollouts, and no state beyond the modules and optimizers."""
 

@@ -17,7 +17,13 @@ import torch
 from torch import Tensor
 
 from vggflow.config import RunConfig, from_dict, require
-from vggflow.methods.base import METHODS, AdapterOnly, OptimizerSettings
+from vggflow.methods.base import (
+    METHODS,
+    AdapterOnly,
+    OptimizerSettings,
+    discrete_adjoint,
+    terminal_reward_gradient,
+)
 from vggflow.sampling import Guidance, Rollout
 from vggflow.suites.base import Suite
 
@@ -53,19 +59,13 @@ class VGGFlowPMP(AdapterOnly):
 
     def costates(self, rollout: Rollout) -> Tensor:
         """a_k for k = 0..K, shape (K + 1, B, ...), by the discrete adjoint of the base step."""
-        final = rollout.final.detach().requires_grad_(True)
-        reward = self.reward(self.model.decode(final), rollout.prompts).sum()
-        (reward_grad,) = torch.autograd.grad(reward, final)
-        costates = [-reward_grad]
-        batch = final.shape[0]
-        for k in range(rollout.num_steps - 1, -1, -1):
-            x = rollout.states[k].detach().requires_grad_(True)
-            t = rollout.times[k].expand(batch)
-            v = rollout.guidance.velocity(self.model.base_velocity, x, t)
-            (jta,) = torch.autograd.grad(v, x, grad_outputs=costates[-1])
-            step = rollout.times[k + 1] - rollout.times[k]
-            costates.append(costates[-1] + step * jta)
-        return torch.stack(costates[::-1]).detach()
+        terminal = -terminal_reward_gradient(self.model, self.reward, rollout.final,
+                                             rollout.prompts)
+
+        def base_velocity(x: Tensor, t: Tensor, k: int) -> Tensor:
+            return rollout.guidance.velocity(self.model.base_velocity, x, t)
+
+        return discrete_adjoint(rollout.states, rollout.times, terminal, base_velocity)
 
     def prepare(self, rollout: Rollout, generator: torch.Generator) -> Costates:
         costates = self.costates(rollout)[:-1]
