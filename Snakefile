@@ -23,6 +23,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/metrics.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/closed_form.smk"
+include: "workflow/rules/sweep.smk"
 
 
 rule all:
@@ -45,6 +46,11 @@ rule closed_form:
 rule ablations:
     input:
         "results/figures/tradeoff.png",
+
+
+rule sweep:
+    input:
+        sweep_targets,
 
 
 rule figures:

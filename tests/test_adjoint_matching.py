@@ -9,6 +9,7 @@ import torch
 from vggflow import closed_form as cf
 from vggflow.config import ConfigError, RunConfig
 from vggflow.methods import METHODS, load_builtin_methods
+from vggflow.methods.base import WeightedChunks
 from vggflow.sampling import (
     Guidance,
     Rollout,
@@ -136,3 +137,67 @@ def test_adjoint_matching_approaches_the_exact_tilt(tilt_errors):
     assert errors[2] < 0.10
     for steps, result in tilt_errors.items():
         assert torch.allclose(result["cov"], cf.STD**2 * torch.eye(2), atol=0.05 * cf.STD**2), steps
+
+
+def peak_tensor_bytes(fn) -> tuple[int, object]:
+    """Peak bytes of tensors allocated while ``fn()`` runs (CPU), and its result.
+
+    From the torch profiler's memory timeline (a private module of the pinned torch).
+    """
+    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler._memory_profiler import MemoryProfile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True,
+                 record_shapes=True) as prof:
+        result = fn()
+    live = peak = 0
+    for _, action, _, size in MemoryProfile(prof.profiler.kineto_results).timeline:
+        live += {"CREATE": size, "DESTROY": -size}.get(action.name, 0)
+        peak = max(peak, live)
+    return peak, result
+
+
+def am_update_memory(make_run_config, tmp_path, steps: int, chunk: int | None) -> dict:
+    """Working memory (bytes) of one Adjoint Matching micro-batch on digits, by phase: the lean
+    adjoint (its (N, B, D) output, like the stored trajectory, aside) and loss + backward."""
+    cfg = make_run_config(
+        method_name="adjoint_matching",
+        method={"name": "adjoint_matching", "reward_scale": 1.0, "loss_chunk_steps": chunk},
+        sampler={"num_steps": steps, "guidance_scale": 2.0},
+        train={"micro_batch_size": 64, "effective_batch_size": 64})
+    trainer = Trainer(RunConfig.from_mapping(cfg), tmp_path / f"state{steps}", threads=1)
+    rollout = trainer.rollout_batch()
+    peak, adjoints = peak_tensor_bytes(lambda: trainer.method.lean_adjoint(rollout))
+    adjoint_phase = peak - adjoints.untyped_storage().nbytes()
+    batch = trainer.method.prepare(rollout, torch.Generator().manual_seed(0))
+
+    def loss_and_backward():
+        for weight, piece in WeightedChunks.of(batch).chunks:
+            (trainer.method.loss("lora", piece, 0)["loss"] * weight).backward()
+
+    trainer.model.adapter().zero_grad(set_to_none=True)
+    loss_phase, _ = peak_tensor_bytes(loss_and_backward)
+    return {"adjoint": adjoint_phase, "loss": loss_phase}
+
+
+def test_peak_memory_does_not_grow_with_the_grid(make_run_config, tmp_path):
+    coarse = am_update_memory(make_run_config, tmp_path, 10, chunk=1)
+    fine = am_update_memory(make_run_config, tmp_path, 40, chunk=1)
+    print("working memory (bytes), 10 vs 40 steps:", coarse, fine)
+    for phase in ("adjoint", "loss"):
+        assert fine[phase] <= 1.2 * coarse[phase], phase
+    # the measurement sees growth: without chunks the loss phase holds all selected steps at once
+    unchunked = am_update_memory(make_run_config, tmp_path, 40, chunk=None)
+    assert unchunked["loss"] > 2 * fine["loss"]
+
+
+def test_chunked_loss_gives_the_same_update(tmp_path):
+    params = {}
+    for chunk in (None, 2):
+        cfg = RunConfig.from_mapping(am_config(20, updates=3, loss_chunk_steps=chunk))
+        trainer = Trainer(cfg, tmp_path / f"state{chunk}", threads=1)
+        trainer.run()
+        params[chunk] = torch.cat([p.detach().flatten() for p in trainer.model.adapter()
+                                   .parameters() if p.requires_grad])
+    assert torch.allclose(params[None], params[2], rtol=1e-5, atol=1e-7)
+    assert not torch.equal(params[None], torch.zeros_like(params[None]))

@@ -4,7 +4,9 @@ import pytest
 
 from vggflow.analysis.plots import convergence
 from vggflow.analysis.style import METHOD_ORDER, PALETTE, ordered_methods
+from vggflow.analysis.sweep import settings_table, winner_overrides
 from vggflow.analysis.tables import collect, summary, write_tables
+from vggflow.config import sweep_grid, sweep_variants
 
 
 def fixture_metrics() -> pd.DataFrame:
@@ -60,3 +62,62 @@ def test_compute_table_per_method(tmp_path):
     assert refl["peak_memory_mb"] == 710 and refl["runs"] == 2 and refl["updates"] == 4
     write_compute_table(table, tmp_path / "m.csv", tmp_path / "m.md")
     assert "| VGG-Flow | 2 | 4 | 1.000 ± 0.000 | 905 |" in (tmp_path / "m.md").read_text()
+
+
+def sweep_metrics(settings: dict[str, tuple[float, ...]]) -> pd.DataFrame:
+    """One refl setting per entry: variant -> final (reward, diversity, fd_prior); base
+    (1.0, 0.4, 0.0); fd_prior defaults to 10."""
+    rows = []
+    for variant, final in settings.items():
+        final = (*final, 10.0) if len(final) == 2 else final
+        for seed in (0, 1):
+            for step, values in ((0, (1.0, 0.4, 0.0)), (10, final)):
+                for metric, value in zip(("reward_margin", "diversity_evalnet",
+                                          "fd_prior_evalnet"), values):
+                    rows.append({"variant": variant, "reward": "margin", "method": "refl",
+                                 "seed": seed, "step": step, "metric": metric, "value": value})
+    return pd.DataFrame(rows)
+
+
+def test_sweep_winner_is_the_best_reward_that_keeps_diversity():
+    data = sweep_metrics({"lr=0.001": (9.0, 0.05), "lr=0.0003": (5.0, 0.3),
+                          "lr=0.0001": (2.0, 0.39)})
+    table = settings_table(data, min_diversity_ratio=0.5).set_index("variant")
+    assert table.loc["lr=0.0003", "winner"] and table["winner"].sum() == 1
+    assert not table.loc["lr=0.001", "qualified"]
+    assert table.loc["lr=0.0003", "diversity_ratio"] == pytest.approx(0.75)
+    assert winner_overrides(table.reset_index()) == {
+        "refl": {"per_reward": {"margin": {"lr": 0.0003}}}}
+
+
+def test_a_setting_far_from_the_prior_does_not_qualify_when_fd_prior_is_limited():
+    data = sweep_metrics({"lr=0.001": (9.0, 0.5, 900.0), "lr=0.0003": (5.0, 0.3, 100.0)})
+    assert settings_table(data, 0.5).set_index("variant").loc["lr=0.001", "winner"]
+    table = settings_table(data, 0.5, max_fd_prior=250.0).set_index("variant")
+    assert not table.loc["lr=0.001", "qualified"] and table.loc["lr=0.0003", "winner"]
+
+
+def test_a_diverged_setting_never_wins():
+    data = sweep_metrics({"lr=0.01": (9.0, 0.4), "lr=0.001": (5.0, 0.3)})
+    data = data[~((data["variant"] == "lr=0.01") & (data["seed"] == 1) & (data["step"] == 10))]
+    table = settings_table(data, min_diversity_ratio=0.5).set_index("variant")
+    assert table.loc["lr=0.01", "diverged"] and not table.loc["lr=0.01", "qualified"]
+    assert table.loc["lr=0.001", "winner"]
+
+
+def test_sweep_falls_back_to_the_most_diverse_setting_when_all_collapse():
+    data = sweep_metrics({"lr=0.001": (9.0, 0.01), "lr=0.0003": (5.0, 0.1)})
+    table = settings_table(data, min_diversity_ratio=0.5).set_index("variant")
+    assert not table["qualified"].any()
+    assert table.loc["lr=0.0003", "winner"] and table["winner"].sum() == 1
+
+
+def test_sweep_grid_names_every_combination_and_per_reward_lists_replace_the_grid():
+    sweep = {"grid": {"adjoint_matching": {"lr": [1e-4, 3e-4], "reward_scale": [1.0]}},
+             "per_reward": {"margin": {"adjoint_matching": {"reward_scale": [0.5, 2.0]}}}}
+    assert sweep_variants(sweep_grid(sweep, "adjoint_matching", "thickness")) == {
+        "lr=0.0001+reward_scale=1": {"lr": 1e-4, "reward_scale": 1.0},
+        "lr=0.0003+reward_scale=1": {"lr": 3e-4, "reward_scale": 1.0}}
+    assert list(sweep_variants(sweep_grid(sweep, "adjoint_matching", "margin"))) == [
+        "lr=0.0001+reward_scale=0.5", "lr=0.0001+reward_scale=2",
+        "lr=0.0003+reward_scale=0.5", "lr=0.0003+reward_scale=2"]

@@ -110,3 +110,36 @@ def test_cli_publishes_outputs_and_removes_the_state(make_run_config, tmp_path):
     assert not (tmp_path / "state").exists()
     assert (tmp_path / "p.json").exists() and (tmp_path / "lora" / "step2").is_dir()
     assert len(pd.read_csv(tmp_path / "log.csv")) == 2
+
+
+@pytest.mark.parametrize("record", [False, True])
+def test_a_non_finite_loss_fails_or_is_recorded(make_run_config, tmp_path, monkeypatch, record):
+    import json
+
+    from vggflow.cli import main
+    from vggflow.methods.refl import ReFL
+
+    loss = ReFL.loss
+
+    def nan_from_update_4(self, module, batch, step):
+        out = loss(self, module, batch, step)
+        return {**out, "loss": out["loss"] * float("nan")} if step >= 3 else out
+
+    monkeypatch.setattr(ReFL, "loss", nan_from_update_4)
+    write_yaml_atomic(make_run_config(method_name="refl", train={"max_steps": 6}),
+                      tmp_path / "c.yaml")
+    out = {"lora": tmp_path / "lora", "log": tmp_path / "log.csv",
+           "samples": tmp_path / "samples.pt", "prov": tmp_path / "p.json"}
+    argv = ["train", "--config", str(tmp_path / "c.yaml"), "--state-dir", str(tmp_path / "state"),
+            "--threads", "1", "--lora-dir", str(out["lora"]), "--log-csv", str(out["log"]),
+            "--samples", str(out["samples"]), "--provenance", str(out["prov"])]
+    code = main(argv + ["--record-divergence"] * record)
+    if not record:  # the run fails, keeps its state, and publishes nothing
+        assert code == 2
+        assert (tmp_path / "state" / STATE_FILE).exists()
+        assert not any(path.exists() for path in out.values())
+        return
+    assert code == 0
+    assert json.loads(out["prov"].read_text())["diverged_after_update"] == 3
+    assert torch.load(out["samples"], weights_only=False)["steps"] == [0, 2]
+    assert len(pd.read_csv(out["log"])) == 3

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -72,6 +73,12 @@ def bad_config(tmp_path):
          "unknown key(s) 'betaa' in <top level>; allowed keys:"),
         ({"ablations": {"reward": "aesthetic"}}, "unknown reward(s) 'aesthetic'"),
         ({"suite": "toy2d"}, "resources: 'toy2d' is a required property"),
+        ({"sweep": {"grid": {"reefl": {"lr": [1.0e-4]}}}},
+         "config key 'sweep.grid' ("),
+        ({"sweep": {"grid": {"refl": {"lr": [1.0e-4, -1.0]}}}},
+         "lr: -1.0 is less than or equal to the minimum of 0"),
+        ({"sweep": {"grid": {"refl": {"betta": [1.0]}}}}, "unknown key(s) 'betta'"),
+        ({"sweep": {"per_reward": {"aesthetic": {}}}}, "unknown reward(s) 'aesthetic'"),
     ],
 )
 def test_bad_config_stops_before_any_job(bad_config, tmp_path, patch, message):
@@ -92,15 +99,35 @@ def test_ablations_target_plans_one_run_per_variant_and_seed():
     assert f"train {expected}" in " ".join(result.stdout.split())
 
 
-def test_toy2d_workflow_runs_in_its_own_directory(tmp_path):
+def test_sweep_target_plans_every_grid_point_per_reward_and_seed():
+    result = snakemake("sweep", "-n", "--forceall", "--cores", "2", "--quiet", "rules")
+    assert result.returncode == 0, result.stderr
+    config = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    sweep, expected = config["sweep"], 0
+    for method, grid in sweep["grid"].items():
+        for reward in config["rewards"]:
+            merged = {**grid, **sweep.get("per_reward", {}).get(reward, {}).get(method, {})}
+            expected += int(np.prod([len(values) for values in merged.values()]))
+    expected *= len(sweep["seeds"])
+    planned = " ".join(result.stdout.split())
+    assert f"train {expected}" in planned and "select_sweep_winners 1" in planned
+
+
+def test_toy2d_workflow_and_sweep_run_in_their_own_directory(tmp_path):
     result = snakemake("--directory", str(tmp_path), "--snakefile", str(REPO / "Snakefile"),
                        "--configfile", str(REPO / ".test/config_toy2d/config.yaml"),
-                       "--cores", "2")
+                       "--cores", "2", "all", "sweep")
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     metrics = pd.read_csv(tmp_path / "results/metrics/all.csv")
     assert set(metrics["method"]) == {"vggflow", "vggflow_pmp"}
     assert {"mean_0", "var_0", "fd_prior_points", "reward_linear"} <= set(metrics["metric"])
     assert (tmp_path / "results/figures/convergence_quadratic.png").exists()
+    settings = pd.read_csv(tmp_path / "results/sweep/settings.csv")
+    assert sorted(settings["variant"].unique()) == ["lr=0.001", "lr=0.003"]
+    assert (settings.groupby("reward")["winner"].sum() == 1).all()
+    winners = yaml.safe_load((tmp_path / "results/sweep/winners.yaml").read_text())
+    assert set(winners["vggflow"]["per_reward"]) == {"linear", "quadratic"}
+    assert (tmp_path / "results/figures/sweep.png").exists()
 
 
 def test_tiny_workflow_runs_end_to_end():

@@ -110,14 +110,22 @@ def cmd_train(args) -> int:
     trainer = Trainer(cfg, args.state_dir, threads=args.threads)
     print(f"train {cfg.method['name']} on {cfg.suite}/{cfg.reward}, seed {cfg.seed}, "
           f"{cfg.train.max_steps} updates, device {trainer.device}", flush=True)
+    diverged = {}
     try:
         trainer.run(stop_after_steps=args.stop_after)
     except Interrupted as stop:
         print(stop, file=sys.stderr)
         return INTERRUPTED_EXIT_CODE
-    trainer.publish(Outputs(Path(args.lora_dir), Path(args.log_csv), Path(args.samples)))
+    except FloatingPointError as error:
+        if not args.record_divergence:
+            raise
+        print(f"{error}\nrecorded as diverged after update {trainer.step} "
+              "(--record-divergence)", file=sys.stderr)
+        diverged = {"diverged_after_update": trainer.step, "divergence": str(error)}
+    outputs = Outputs(Path(args.lora_dir), Path(args.log_csv), Path(args.samples))
+    trainer.publish(outputs, diverged=bool(diverged))
     if args.provenance:
-        write_provenance(cfg, trainer.device, args.provenance)
+        write_provenance(cfg, trainer.device, args.provenance, **diverged)
     trainer.clear_state()
     print(f"done: {trainer.step} updates in {trainer.elapsed:.1f} s of training", flush=True)
     return 0
@@ -225,6 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--provenance", help="output: provenance JSON")
     p.add_argument("--stop-after", type=int, default=None,
                    help="save the state and exit after this many updates (exit code 130)")
+    p.add_argument("--record-divergence", action="store_true",
+                   help="on a non-finite loss, publish the evaluations made so far and exit 0 "
+                        "(sweeps, where divergence is a result); default: fail")
 
     p = command("closed-form", cmd_closed_form,
                 "train VGG-Flow (exact, finite-difference) and VGG-Flow-PMP on toy2d's closed form")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import os
 import tempfile
 from collections.abc import Mapping
@@ -97,6 +98,28 @@ def resolve_run_config(
         resolved[block] = copy.deepcopy(dict(config[block]))
     resolved["resources"] = suite_resources(config)
     return resolved
+
+
+def sweep_grid(sweep: Mapping, method: str, reward: str) -> dict[str, list]:
+    """A method's grid for one reward: ``sweep.grid.<method>``, with the value lists of
+    ``sweep.per_reward.<reward>.<method>`` replacing those of the same keys."""
+    per_reward = sweep.get("per_reward", {}).get(reward, {}).get(method, {})
+    return {**sweep["grid"][method], **per_reward}
+
+
+def sweep_variants(grid: Mapping[str, list]) -> dict[str, dict]:
+    """Every combination of a sweep grid, named ``key=value`` joined by ``+`` (values as ``%g``).
+
+    ``{"lr": [1e-4, 2e-4], "reward_scale": [0.5]}`` gives ``lr=0.0001+reward_scale=0.5`` and
+    ``lr=0.0002+reward_scale=0.5``, each mapped to its hyperparameter overrides.
+    """
+    keys = sorted(grid)
+    variants = {}
+    for values in itertools.product(*(grid[key] for key in keys)):
+        overrides = dict(zip(keys, values))
+        name = "+".join(f"{key}={value:g}" for key, value in overrides.items())
+        variants[name] = overrides
+    return variants
 
 
 def suite_resources(config: Mapping) -> dict:

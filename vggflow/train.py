@@ -25,7 +25,7 @@ import yaml
 
 from vggflow.config import RunConfig
 from vggflow.methods import METHODS, load_builtin_methods
-from vggflow.methods.base import Method
+from vggflow.methods.base import Method, WeightedChunks
 from vggflow.sampling import Guidance, sample_images
 from vggflow.suites import SUITES, Suite, load_builtin_suites
 from vggflow.timegrid import uniform_grid
@@ -255,14 +255,16 @@ class Trainer:
                 module_.zero_grad(set_to_none=True)
             logs: dict[str, float] = {}
             for batch in batches:
-                out = self.method.loss(name, batch, self.step)
-                if not torch.isfinite(out["loss"]):
-                    raise FloatingPointError(
-                        f"{self.cfg.method['name']}: non-finite {name} loss at update "
-                        f"{self.step + 1}; the run diverged (lower the learning rate or beta)")
-                (out["loss"] / accum).backward()
-                for key, value in out.items():
-                    logs[key] = logs.get(key, 0.0) + float(value.detach()) / accum
+                for weight, chunk in WeightedChunks.of(batch).chunks:
+                    out = self.method.loss(name, chunk, self.step)
+                    if not torch.isfinite(out["loss"]):
+                        raise FloatingPointError(
+                            f"{self.cfg.method['name']}: non-finite {name} loss at update "
+                            f"{self.step + 1}; the run diverged (lower the learning rate or "
+                            "beta)")
+                    (out["loss"] * weight / accum).backward()
+                    for key, value in out.items():
+                        logs[key] = logs.get(key, 0.0) + float(value.detach()) * weight / accum
             params = list(trainable_parameters(module).values())
             settings = self.method.optimizer_settings(name)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, settings.grad_clip_norm)
@@ -309,13 +311,17 @@ class Trainer:
                     raise Interrupted(f"stopped after update {self.step}; state saved in "
                                       f"{self.state_dir}")
 
-    def publish(self, outputs: Outputs) -> None:
-        """Copy the finished run's LoRA exports, log and evaluation samples to the outputs."""
-        if self.step != self.cfg.train.max_steps:
+    def publish(self, outputs: Outputs, diverged: bool = False) -> None:
+        """Copy the finished run's LoRA exports, log and evaluation samples to the outputs.
+
+        ``diverged``: the run stopped on a non-finite loss; publish what it evaluated before
+        (only for sweeps, where divergence is a result; see ``train --record-divergence``).
+        """
+        if self.step != self.cfg.train.max_steps and not diverged:
             raise RuntimeError("publish called before training finished")
         copy_tree_atomic(self.state_dir / "lora", outputs.lora_dir)
         copy_file_atomic(self.state_dir / LOG_FILE, outputs.log_csv)
-        steps = self.cfg.train.eval_steps()
+        steps = [s for s in self.cfg.train.eval_steps() if s <= self.step]
         images = torch.stack([torch.load(self._eval_path(s), weights_only=False)["images"]
                               for s in steps])
         torch_save_atomic({"steps": steps, "prompts": self.suite.eval_prompts(), "images": images},
@@ -326,9 +332,9 @@ class Trainer:
         shutil.rmtree(self.state_dir, ignore_errors=True)
 
 
-def write_provenance(cfg: RunConfig, device: str, path: str | Path) -> None:
+def write_provenance(cfg: RunConfig, device: str, path: str | Path, **extra) -> None:
     from vggflow.utils.provenance import provenance
 
-    info = provenance(cfg.seed, device)
+    info = {**provenance(cfg.seed, device), **extra}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(info, indent=2) + "\n")

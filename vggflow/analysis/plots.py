@@ -72,3 +72,43 @@ def tradeoff(data: pd.DataFrame, path: str | Path) -> None:
     fig.savefig(path, dpi=120)
     fig.savefig(path.with_suffix(".pdf"))
     plt.close(fig)
+
+
+def sweep(settings: pd.DataFrame, min_diversity_ratio: float, path: str | Path) -> None:
+    """Per trained reward: final reward against final diversity of every swept setting.
+
+    ``settings``: the table of ``vggflow.analysis.sweep.settings_table``. Hollow markers do not
+    qualify, winners are stars; the dashed line is the diversity a setting needs to qualify.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rewards = list(dict.fromkeys(settings["reward"]))
+    fig, axes = plt.subplots(1, len(rewards), figsize=(5.5 * len(rewards), 4.2), squeeze=False)
+    for ax, reward in zip(axes[0], rewards):
+        block = settings[settings["reward"] == reward]
+        for method in ordered_methods(block["method"]):
+            rows = block[block["method"] == method]
+            color = PALETTE.get(method)
+            ax.scatter(rows["diversity"], rows["trained_reward"], label=label(method), s=24,
+                       facecolors=[color if q else "none" for q in rows["qualified"]],
+                       edgecolors=color)
+            best = rows[rows["winner"]]
+            ax.scatter(best["diversity"], best["trained_reward"], color=PALETTE.get(method),
+                       marker="*", s=220, edgecolor="black", linewidth=0.6)
+            for row in rows.itertuples():
+                ax.annotate(row.variant, (row.diversity, row.trained_reward), fontsize=5,
+                            alpha=0.7, xytext=(3, 2), textcoords="offset points")
+        ax.axvline(min_diversity_ratio * block["base_diversity"].iloc[0], color="gray",
+                   linestyle="--", linewidth=1)
+        ax.set_xlabel("diversity at the last update")
+        ax.set_ylabel(f"reward_{reward} at the last update")
+        ax.set_title(f"Sweep on {reward} (stars: winners)")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    fig.savefig(path.with_suffix(".pdf"))
+    plt.close(fig)

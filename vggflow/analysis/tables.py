@@ -26,12 +26,13 @@ def collect(frames: list[pd.DataFrame]) -> pd.DataFrame:
 
 
 def collect_variants(frames: list[pd.DataFrame], variants: list[str]) -> pd.DataFrame:
-    """Concatenate ablation runs' metric tables, adding each one's ``variant`` column."""
+    """Concatenate ablation or sweep runs' metric tables, adding each one's ``variant`` column."""
     if len(frames) != len(variants):
         raise ValueError(f"{len(frames)} metric tables for {len(variants)} variants")
     tagged = [frame.assign(variant=variant) for frame, variant in zip(frames, variants)]
     data = pd.concat(tagged, ignore_index=True)
-    return data[["variant", *COLUMNS]].sort_values(["variant", "seed", "step", "metric"])
+    return data[["variant", *COLUMNS]].sort_values(
+        ["reward", "method", "variant", "seed", "step", "metric"])
 
 
 def summary(data: pd.DataFrame) -> pd.DataFrame:

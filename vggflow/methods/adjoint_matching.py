@@ -12,7 +12,9 @@ Target: p_base(x) exp(lambda r(x)) (``reward_scale`` = lambda). Paper convention
   product per step, no graph kept across steps;
 * loss on the last quarter of the steps plus ``early_fraction`` x N random earlier ones (the
   paper: 10 of the first 30 of 40), each term min(LCT, |(2 / sigma)(v_theta - v_base) + sigma a|^2)
-  summed over dimensions, LCT = ``loss_clip`` x lambda^2 (the paper: 1.6 lambda^2).
+  summed over dimensions, LCT = ``loss_clip`` x lambda^2 (the paper: 1.6 lambda^2); with
+  ``loss_chunk_steps`` the selected steps are back-propagated in chunks of that many steps, so
+  peak memory does not grow with the grid.
 
 The adjoint and control use the conditional velocity only (the official SOC code's default); the
 rollouts use classifier-free guidance like every method's.
@@ -31,6 +33,7 @@ from vggflow.methods.base import (
     METHODS,
     AdapterOnly,
     OptimizerSettings,
+    WeightedChunks,
     discrete_adjoint,
     terminal_reward_gradient,
 )
@@ -45,6 +48,7 @@ class AdjointMatchingSettings(OptimizerSettings):
     offset: float | None = None
     early_fraction: float = 0.25
     loss_clip: float = 1.6
+    loss_chunk_steps: int | None = None
     code_version: int = 1
 
     def check(self, where: str) -> None:
@@ -53,6 +57,8 @@ class AdjointMatchingSettings(OptimizerSettings):
         require(0 <= self.early_fraction <= 0.75, f"{where}.early_fraction",
                 "must lie in [0, 0.75]")
         require(self.loss_clip > 0, f"{where}.loss_clip", "must be positive")
+        require(self.loss_chunk_steps is None or self.loss_chunk_steps >= 1,
+                f"{where}.loss_chunk_steps", "must be at least 1 (or null: all steps at once)")
 
 
 @dataclasses.dataclass
@@ -108,10 +114,21 @@ class AdjointMatching(AdapterOnly):
         picks = torch.randperm(steps - late, generator=generator)[:early].tolist()
         return sorted(picks) + list(range(steps - late, steps))
 
-    def prepare(self, rollout: Rollout, generator: torch.Generator) -> AdjointTerms:
+    def prepare(self, rollout: Rollout, generator: torch.Generator
+                ) -> AdjointTerms | WeightedChunks:
+        """The selected steps' terms; in chunks of ``loss_chunk_steps`` steps when set, so that
+        the loss's activation memory does not grow with the number of selected steps."""
         adjoints = self.lean_adjoint(rollout)
         keep = self.select_steps(rollout.num_steps, generator)
-        index = torch.tensor(keep, device=rollout.states.device)
+        size = self.settings.loss_chunk_steps
+        if size is None:
+            return self._terms(rollout, adjoints, keep)
+        groups = [keep[i:i + size] for i in range(0, len(keep), size)]
+        return WeightedChunks([(len(group) / len(keep), self._terms(rollout, adjoints, group))
+                               for group in groups])
+
+    def _terms(self, rollout: Rollout, adjoints: Tensor, steps: list[int]) -> AdjointTerms:
+        index = torch.tensor(steps, device=rollout.states.device)
         batch = rollout.states.shape[1]
         t = rollout.times[index].repeat_interleave(batch)
         return AdjointTerms(
@@ -119,7 +136,7 @@ class AdjointMatching(AdapterOnly):
             t=t,
             sigma=memoryless_sigma(t, self.offset),
             adjoint=adjoints[index].flatten(0, 1),
-            cond=rollout.guidance.cond.repeat(len(keep)),
+            cond=rollout.guidance.cond.repeat(len(steps)),
         )
 
     def loss(self, module: str, batch: AdjointTerms, step: int) -> dict[str, Tensor]:

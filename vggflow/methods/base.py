@@ -22,6 +22,8 @@ class Method(Protocol):
     ``{"value_net": ..., "lora": ...}`` and so updates the value network first (Algorithm 1).
 
     ``loss`` returns a dict with the scalar ``"loss"`` to minimise and any other scalars to log.
+    ``prepare`` may return :class:`WeightedChunks` to bound memory: the trainer then calls ``loss``
+    and back-propagates once per chunk, weighting each chunk's outputs.
 
     Example::
 
@@ -57,6 +59,21 @@ class Method(Protocol):
     def load_state_dict(self, state: dict) -> None: ...
 
 
+@dataclasses.dataclass
+class WeightedChunks:
+    """A prepared micro-batch in pieces: its loss is sum_i weight_i * loss(chunk_i).
+
+    The trainer back-propagates each chunk separately, so activation memory is one chunk's.
+    """
+
+    chunks: list[tuple[float, Any]]
+
+    @staticmethod
+    def of(batch: Any) -> WeightedChunks:
+        """``batch`` itself if already chunked, else one chunk of weight 1."""
+        return batch if isinstance(batch, WeightedChunks) else WeightedChunks([(1.0, batch)])
+
+
 @dataclasses.dataclass(frozen=True)
 class OptimizerSettings:
     """AdamW settings shared by every method's config block (the paper's defaults)."""
@@ -86,14 +103,15 @@ def discrete_adjoint(states: Tensor, times: Tensor, terminal: Tensor, drift) -> 
     ``drift(x, t, k)`` at the stored state x_k: the exact adjoint of x_{k+1} = x_k + h_k drift,
     one vector-Jacobian product per step, no graph kept across steps.
     """
-    batch = states.shape[1]
-    adjoints = [terminal.detach()]
-    for k in range(times.shape[0] - 2, -1, -1):
+    batch, last = states.shape[1], times.shape[0] - 1
+    adjoints = terminal.new_empty((last + 1, *terminal.shape))
+    adjoints[last] = terminal.detach()
+    for k in range(last - 1, -1, -1):
         x = states[k].detach().requires_grad_(True)
         (jta,) = torch.autograd.grad(drift(x, times[k].expand(batch), k), x,
-                                     grad_outputs=adjoints[-1])
-        adjoints.append((adjoints[-1] + (times[k + 1] - times[k]) * jta).detach())
-    return torch.stack(adjoints[::-1])
+                                     grad_outputs=adjoints[k + 1])
+        adjoints[k] = adjoints[k + 1] + (times[k + 1] - times[k]) * jta.detach()
+    return adjoints
 
 
 class MethodBase:

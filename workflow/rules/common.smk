@@ -16,6 +16,8 @@ from vggflow.config import (
     resolve_base_config,
     resolve_run_config,
     suite_resources,
+    sweep_grid,
+    sweep_variants,
     validate,
     write_yaml_atomic,
 )
@@ -31,18 +33,24 @@ def _load_checked_config(raw):
     checked = fill_defaults(raw, schema)
     method_dir = Path(checked.get("method_dir", REPO / "config" / "methods"))
     reward_dir = Path(checked.get("reward_dir", REPO / "config" / "rewards"))
-    available = sorted(p.stem for p in method_dir.glob("*.yaml"))
-    check_names("method", checked["methods"], available, f"config key 'methods' ({method_dir})")
+    available_methods = sorted(p.stem for p in method_dir.glob("*.yaml"))
+    check_names(
+        "method", checked["methods"], available_methods, f"config key 'methods' ({method_dir})"
+    )
     available = sorted(p.stem for p in reward_dir.glob("*.yaml"))
     check_names("reward", checked["rewards"], available, f"config key 'rewards' ({reward_dir})")
+    swept = list(checked.get("sweep", {}).get("grid", {}))
+    check_names("method", swept, available_methods, f"config key 'sweep.grid' ({method_dir})")
     method_schemas = load_yaml(SCHEMAS / "method.schema.yaml")
     methods = {}
-    for name in checked["methods"]:
+    for name in dict.fromkeys(checked["methods"] + swept):
         path = method_dir / f"{name}.yaml"
         methods[name] = load_yaml(path) or {}
         validate(methods[name], method_file_schema(method_schemas, name), str(path))
     if "ablations" in checked:
         _check_ablations(checked, methods, method_schemas)
+    if "sweep" in checked:
+        _check_sweep(checked, method_schemas)
     reward_schema = load_yaml(SCHEMAS / "reward.schema.yaml")
     for name in checked["rewards"]:
         path = reward_dir / f"{name}.yaml"
@@ -68,10 +76,26 @@ def _check_ablations(checked, methods, method_schemas):
     check_names(
         "reward", [ablations["reward"]], checked["rewards"], f"{where}.reward (of 'rewards')"
     )
-    schema = method_file_schema(method_schemas, ablations["method"])
-    overrides = schema["properties"]["per_reward"]["additionalProperties"]
     for variant, values in ablations["variants"].items():
-        validate(values, overrides, f"{where}.variants.{variant}")
+        _check_overrides(ablations["method"], values, method_schemas, f"{where}.variants.{variant}")
+
+
+def _check_sweep(checked, method_schemas):
+    sweep = checked["sweep"]
+    for reward, grids in sweep.get("per_reward", {}).items():
+        where = f"config key 'sweep.per_reward.{reward}'"
+        check_names("reward", [reward], checked["rewards"], f"{where} (of 'rewards')")
+        check_names("method", list(grids), list(sweep["grid"]), f"{where} (of 'sweep.grid')")
+    for method, reward in product(sweep["grid"], checked["rewards"]):
+        for variant, values in sweep_variants(sweep_grid(sweep, method, reward)).items():
+            where = f"config key 'sweep' ({method} on {reward}, setting {variant})"
+            _check_overrides(method, values, method_schemas, where)
+
+
+def _check_overrides(method, overrides, method_schemas, where):
+    """Overrides of a method's hyperparameters: its keys, with valid values."""
+    schema = method_file_schema(method_schemas, method)["properties"]["per_reward"]
+    validate(overrides, schema["additionalProperties"], where)
 
 
 try:
@@ -94,12 +118,38 @@ ABLATION_RUNS = [
     for variant in (ABLATION["variants"] if ABLATION else [])
     for seed in ABLATION["seeds"]
 ]
+# Hyperparameter overrides of every variant run, by method and variant name.
+VARIANTS = {}
+if ABLATION:
+    VARIANTS.setdefault(ABLATION["method"], {}).update(ABLATION["variants"])
+SWEEP = CONFIG.get("sweep")
+
+
+def _sweep_runs():
+    """Every run of the sweep (grid point x reward x seed); registers the overrides in VARIANTS."""
+    runs = []
+    for method, reward in product(SWEEP["grid"] if SWEEP else [], CONFIG["rewards"]):
+        settings = sweep_variants(sweep_grid(SWEEP, method, reward))
+        VARIANTS.setdefault(method, {}).update(settings)
+        runs += [
+            {"reward": reward, "method": f"{method}@{variant}", "seed": seed}
+            for variant in settings
+            for seed in SWEEP["seeds"]
+        ]
+    return runs
+
+
+SWEEP_RUNS = _sweep_runs()
+SWEEP_METHODS = {run["method"] for run in SWEEP_RUNS}
 
 
 wildcard_constraints:
     reward="|".join(CONFIG["rewards"]),
     method="|".join(
-        re.escape(name) for name in CONFIG["methods"] + [r["method"] for r in ABLATION_RUNS]
+        re.escape(name)
+        for name in dict.fromkeys(
+            CONFIG["methods"] + [r["method"] for r in ABLATION_RUNS + SWEEP_RUNS]
+        )
     ),
     seed=r"\d+",
 
@@ -107,16 +157,21 @@ wildcard_constraints:
 def run_config(wildcards):
     """The merged config of one run (the resolve rule's params, so edits rerun only this run).
 
-    An ablation run's method wildcard is `<method>@<variant>`: the method's config for that
-    reward, then the variant's overrides.
+    An ablation or sweep run's method wildcard is `<method>@<variant>`: the method's config for
+    that reward, then the variant's overrides.
     """
     method, _, variant = wildcards.method.partition("@")
     resolved = resolve_run_config(
         CONFIG, METHOD_FILES[method], wildcards.reward, method, int(wildcards.seed)
     )
     if variant:
-        resolved["method"].update(ABLATION["variants"][variant])
+        resolved["method"].update(VARIANTS[method][variant])
     return resolved
+
+
+def divergence_flag(wildcards):
+    """A sweep run records a divergence (non-finite loss) as its result; any other run fails."""
+    return "--record-divergence" if wildcards.method in SWEEP_METHODS else ""
 
 
 def base_config(wildcards):
@@ -149,9 +204,35 @@ def ablation_metric_targets():
     return metric_targets(ABLATION_RUNS)
 
 
-def ablation_variants():
-    """The variant of each ablation metrics file, in the order of ablation_metric_targets()."""
-    return [run["method"].partition("@")[2] for run in ABLATION_RUNS]
+def sweep_metric_targets():
+    return metric_targets(SWEEP_RUNS)
+
+
+def sweep_targets(wildcards):
+    if not SWEEP:
+        raise WorkflowError(
+            "config has no 'sweep' block: add sweep.grid (see config/README.md) to run the sweep"
+        )
+    return [
+        "results/sweep/winners.md",
+        "results/sweep/winners.yaml",
+        "results/figures/sweep.png",
+    ]
+
+
+def sweep_limits():
+    """The winner rule's thresholds (vggflow.analysis.sweep.settings_table's keywords)."""
+    if not SWEEP:
+        return {}
+    return {
+        "min_diversity_ratio": SWEEP["min_diversity_ratio"],
+        "max_fd_prior": SWEEP.get("max_fd_prior"),
+    }
+
+
+def variant_names(runs):
+    """The variant of each run of an ablation or sweep, in the order of its metric targets."""
+    return [run["method"].partition("@")[2] for run in runs]
 
 
 def train_targets():

@@ -70,9 +70,9 @@ rule collect_ablation_metrics:
     conda:
         "../envs/analysis.yaml"
     params:
-        variants=ablation_variants(),
+        variants=variant_names(ABLATION_RUNS),
     script:
-        "../scripts/collect_ablation_metrics.py"
+        "../scripts/collect_variant_metrics.py"
 
 
 rule plot_tradeoff:

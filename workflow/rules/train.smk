@@ -51,10 +51,12 @@ rule train:
     params:
         # Resumable state: NOT an output, so it survives a failed or killed attempt.
         state="results/runs/{reward}/{method}/seed{seed}/state",
+        divergence=divergence_flag,
     shell:
         "python -m vggflow train --config {input.cfg} --state-dir {params.state}"
         " --lora-dir {output.lora} --log-csv {output.log_csv} --samples {output.samples}"
-        " --provenance {output.provenance} --threads {threads} > {log} 2>&1"
+        " --provenance {output.provenance} --threads {threads} {params.divergence}"
+        " > {log} 2>&1"
 
 
 rule sample_base:
