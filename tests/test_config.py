@@ -52,7 +52,8 @@ def test_resolved_run_config_is_readable_by_the_package():
     cfg = RunConfig.from_mapping(resolved)
     assert cfg.seed == 2 and cfg.method["name"] == "vggflow"
     assert cfg.method["beta"] == method_file["per_reward"]["margin"]["beta"]
-    assert cfg.method["lr"] == method_file["per_suite"]["digits"]["lr"]
+    assert cfg.method["lr"] == method_file["per_reward"]["margin"]["lr"]
+    assert cfg.method["alpha"] == method_file["per_suite"]["digits"]["alpha"]
     assert cfg.train.accumulation_steps == 1
 
 

@@ -73,12 +73,15 @@ def bad_config(tmp_path):
          "unknown key(s) 'betaa' in <top level>; allowed keys:"),
         ({"ablations": {"reward": "aesthetic"}}, "unknown reward(s) 'aesthetic'"),
         ({"suite": "toy2d"}, "resources: 'toy2d' is a required property"),
-        ({"sweep": {"grid": {"reefl": {"lr": [1.0e-4]}}}},
+        ({"sweep": {"grid": {"reefl": {"lr": [1.0e-4]}}, "per_reward": {}}},
          "config key 'sweep.grid' ("),
-        ({"sweep": {"grid": {"refl": {"lr": [1.0e-4, -1.0]}}}},
+        ({"sweep": {"grid": {"refl": {"lr": [1.0e-4, -1.0]}}, "per_reward": {}}},
          "lr: -1.0 is less than or equal to the minimum of 0"),
-        ({"sweep": {"grid": {"refl": {"betta": [1.0]}}}}, "unknown key(s) 'betta'"),
+        ({"sweep": {"grid": {"refl": {"betta": [1.0]}}, "per_reward": {}}},
+         "unknown key(s) 'betta'"),
         ({"sweep": {"per_reward": {"aesthetic": {}}}}, "unknown reward(s) 'aesthetic'"),
+        ({"sweep": {"grid": {"refl": {"lr": [1.0e-4]}}}},
+         "'sweep.per_reward.margin' (of 'sweep.grid'): unknown method(s) 'adjoint_matching'"),
     ],
 )
 def test_bad_config_stops_before_any_job(bad_config, tmp_path, patch, message):

@@ -9,12 +9,30 @@ import pandas as pd
 from vggflow.analysis.style import PALETTE, label, metric_family, ordered_methods
 
 
-def convergence(data: pd.DataFrame, reward: str, path: str | Path) -> None:
-    """One panel per metric of the runs trained on ``reward``; writes ``path`` (and a PDF)."""
+def _pyplot():
+    """matplotlib.pyplot on the non-interactive Agg backend (imported lazily: it is slow)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str | Path) -> None:
+    """Write ``path`` (PNG) and the same figure as PDF next to it, then close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    fig.savefig(path.with_suffix(".pdf"))
+    plt.close(fig)
+
+
+def convergence(data: pd.DataFrame, reward: str, path: str | Path) -> None:
+    """One panel per metric of the runs trained on ``reward``; writes ``path`` (and a PDF)."""
+    plt = _pyplot()
     import seaborn as sns
 
     runs = data[data["reward"] == reward]
@@ -37,11 +55,7 @@ def convergence(data: pd.DataFrame, reward: str, path: str | Path) -> None:
             text.set_text(label(text.get_text()))
         legend.set_title(None)
     fig.suptitle(f"Finetuning on {reward} (mean ± std over seeds)")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    fig.savefig(path.with_suffix(".pdf"))
-    plt.close(fig)
+    _save(fig, path)
 
 
 def tradeoff(data: pd.DataFrame, path: str | Path) -> None:
@@ -50,10 +64,7 @@ def tradeoff(data: pd.DataFrame, path: str | Path) -> None:
     ``data``: ablation metrics with a ``variant`` column; each curve runs through the evaluation
     checkpoints (mean over seeds), its first point being the base model.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     reward = f"reward_{data['reward'].iloc[0]}"
     means = data.groupby(["variant", "step", "metric"])["value"].mean().unstack("metric")
@@ -67,11 +78,7 @@ def tradeoff(data: pd.DataFrame, path: str | Path) -> None:
         ax.set_ylabel(reward)
         ax.set_title(f"{reward} vs {metric}")
     axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    fig.savefig(path.with_suffix(".pdf"))
-    plt.close(fig)
+    _save(fig, path)
 
 
 def sweep(settings: pd.DataFrame, min_diversity_ratio: float, path: str | Path) -> None:
@@ -80,10 +87,7 @@ def sweep(settings: pd.DataFrame, min_diversity_ratio: float, path: str | Path) 
     ``settings``: the table of ``vggflow.analysis.sweep.settings_table``. Hollow markers do not
     qualify, winners are stars; the dashed line is the diversity a setting needs to qualify.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     rewards = list(dict.fromkeys(settings["reward"]))
     fig, axes = plt.subplots(1, len(rewards), figsize=(5.5 * len(rewards), 4.2), squeeze=False)
@@ -98,17 +102,13 @@ def sweep(settings: pd.DataFrame, min_diversity_ratio: float, path: str | Path) 
             best = rows[rows["winner"]]
             ax.scatter(best["diversity"], best["trained_reward"], color=PALETTE.get(method),
                        marker="*", s=220, edgecolor="black", linewidth=0.6)
-            for row in rows.itertuples():
-                ax.annotate(row.variant, (row.diversity, row.trained_reward), fontsize=5,
-                            alpha=0.7, xytext=(3, 2), textcoords="offset points")
+            for row in best.itertuples():
+                ax.annotate(row.variant, (row.diversity, row.trained_reward), fontsize=6,
+                            xytext=(6, 4), textcoords="offset points")
         ax.axvline(min_diversity_ratio * block["base_diversity"].iloc[0], color="gray",
                    linestyle="--", linewidth=1)
         ax.set_xlabel("diversity at the last update")
         ax.set_ylabel(f"reward_{reward} at the last update")
-        ax.set_title(f"Sweep on {reward} (stars: winners)")
+        ax.set_title(f"Sweep on {reward} (stars: winners; hollow: not qualified)")
     axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    fig.savefig(path.with_suffix(".pdf"))
-    plt.close(fig)
+    _save(fig, path)
