@@ -73,6 +73,31 @@ def test_lean_adjoint_is_the_exact_gradient_of_the_discrete_base_chain():
     assert torch.allclose(adjoints[0], exact, rtol=1e-4, atol=1e-6)
 
 
+def test_lean_adjoint_matches_the_closed_form_for_a_gaussian_base():
+    # Base N(mu, s^2 I): v(x, t) = mu + c(t) (x - t mu) with c = (t s^2 - (1 - t)) / var_t,
+    # var_t = t^2 s^2 + (1 - t)^2, so the memoryless drift's Jacobian is the scalar
+    # c + (sigma^2 / 2) (t c - 1) / (1 - t), and the final ODE step's is c. For r = a . x the
+    # discrete adjoint is a_k = -lambda a prod_{j >= k} (1 + h_j J_j).
+    method, _ = build(20)
+    times = uniform_grid(20).double()
+    s2 = cf.STD**2
+    var = times**2 * s2 + (1 - times) ** 2
+    c = (times * s2 - (1 - times)) / var
+    sigma2 = memoryless_sigma(times[:-1], method.offset).double() ** 2
+    jacobian = c[:-1] + 0.5 * sigma2 * (times[:-1] * c[:-1] - 1) / (1 - times[:-1])
+    jacobian[-1] = c[-2]  # the final, noiseless base step
+    factors = 1 + (times[1:] - times[:-1]) * jacobian
+    scale = torch.flip(torch.cumprod(torch.flip(factors, [0]), 0), [0])  # prod over j >= k
+    exact = -LAMBDA * scale[:, None] * torch.tensor(cf.REWARD_A, dtype=torch.float64)
+    batch = 4
+    cond = torch.zeros(batch, dtype=torch.long)
+    states = torch.randn(21, batch, 2, generator=torch.Generator().manual_seed(3))
+    adjoints = method.lean_adjoint(Rollout(states, uniform_grid(20), Guidance(cond, cond, 1.0),
+                                           [""] * batch))
+    assert adjoints.shape == (20, batch, 2)
+    assert torch.allclose(adjoints.double(), exact[:, None, :].expand(20, batch, 2), rtol=1e-4)
+
+
 def test_stored_trajectory_and_prepared_terms_hold_no_graph():
     method, suite = build(20)
     model = suite.flow_model
