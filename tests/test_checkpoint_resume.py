@@ -67,7 +67,10 @@ def test_state_of_another_config_is_set_aside(make_run_config, tmp_path):
     assert any(p.name.startswith("state.stale-") for p in tmp_path.iterdir())
 
 
-def test_sigint_saves_state_and_the_rerun_finishes(make_run_config, tmp_path):
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGUSR1])
+def test_a_stop_signal_saves_state_and_the_rerun_finishes(make_run_config, tmp_path,
+                                                          stop_signal):
+    # SIGINT: Ctrl-C; SIGUSR1: SLURM's warning before the time limit (sbatch --signal)
     cfg = make_run_config(method_name="refl", train={"max_steps": 3000, "checkpoint_every": 1000,
                                                      "eval_every": 1000})
     config_path = tmp_path / "config.yaml"
@@ -80,7 +83,7 @@ def test_sigint_saves_state_and_the_rerun_finishes(make_run_config, tmp_path):
     deadline = time.time() + 120
     while (not log.exists() or len(log.read_text().splitlines()) < 5) and time.time() < deadline:
         time.sleep(0.2)
-    os.kill(process.pid, signal.SIGINT)
+    os.kill(process.pid, stop_signal)
     output, _ = process.communicate(timeout=120)
     assert process.returncode == 130, output
     state = torch.load(tmp_path / "state" / STATE_FILE, weights_only=False)
@@ -143,3 +146,41 @@ def test_a_non_finite_loss_fails_or_is_recorded(make_run_config, tmp_path, monke
     assert json.loads(out["prov"].read_text())["diverged_after_update"] == 3
     assert torch.load(out["samples"], weights_only=False)["steps"] == [0, 2]
     assert len(pd.read_csv(out["log"])) == 3
+
+
+def test_sigkill_resumes_from_the_last_periodic_state_with_the_same_result(make_run_config,
+                                                                           tmp_path):
+    from safetensors.torch import load_file
+
+    cfg = make_run_config(method_name="vggflow", train={"max_steps": 12, "checkpoint_every": 4,
+                                                        "eval_every": 12})
+    write_yaml_atomic(cfg, tmp_path / "c.yaml")
+
+    def command(root):
+        return [sys.executable, "-m", "vggflow", "train", "--config", str(tmp_path / "c.yaml"),
+                "--state-dir", str(root / "state"), "--lora-dir", str(root / "lora"),
+                "--log-csv", str(root / "log.csv"), "--samples", str(root / "samples.pt"),
+                "--threads", "1"]
+
+    straight = subprocess.run(command(tmp_path / "a"), capture_output=True, text=True,
+                              timeout=300)
+    assert straight.returncode == 0, straight.stderr
+    killed = subprocess.Popen(command(tmp_path / "b"), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    log = tmp_path / "b" / "state" / "train_log.csv"
+    deadline = time.time() + 120
+    while (not log.exists() or len(log.read_text().splitlines()) < 7) and time.time() < deadline:
+        time.sleep(0.05)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait(timeout=60)
+    assert not (tmp_path / "b" / "log.csv").exists()
+    resumed = subprocess.run(command(tmp_path / "b"), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from" in resumed.stdout  # from update 4 or 8, not from scratch
+    logs = [pd.read_csv(tmp_path / run / "log.csv") for run in ("a", "b")]
+    assert logs[0]["step"].tolist() == logs[1]["step"].tolist() == list(range(1, 13))
+    assert logs[0]["reward_mean"].tolist() == logs[1]["reward_mean"].tolist()
+    weights = [load_file(tmp_path / run / "lora/step12/adapter_model.safetensors")
+               for run in ("a", "b")]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

@@ -30,14 +30,20 @@ def test_lint_is_clean():
     assert "Lints for" not in result.stdout + result.stderr
 
 
-def test_dry_run_of_the_default_benchmark_plans_every_run():
-    result = snakemake("-n", "--forceall", "--cores", "2", "--quiet", "rules")
+def planned_jobs(*args: str) -> dict[str, int]:
+    """Jobs per rule of a dry run (``snakemake -n --quiet rules ...``)."""
+    result = snakemake("-n", "--cores", "2", "--quiet", "rules", *args)
     assert result.returncode == 0, result.stderr
     counts = {}
     for line in result.stdout.splitlines():
         parts = line.split()
-        if len(parts) == 2 and parts[1].isdigit():
+        if len(parts) == 2 and parts[1].isdigit() and parts[0] != "total":
             counts[parts[0]] = int(parts[1])
+    return counts
+
+
+def test_dry_run_of_the_default_benchmark_plans_every_run():
+    counts = planned_jobs("--forceall")
     config = yaml.safe_load((REPO / "config/config.yaml").read_text())
     runs = len(config["rewards"]) * len(config["methods"]) * len(config["seeds"])
     assert counts.get("train") == runs and counts.get("metrics") == runs
@@ -162,3 +168,37 @@ def test_tiny_workflow_runs_end_to_end():
     # nothing left to do: a second invocation schedules no job
     again = snakemake("--directory", ".test", "--cores", "2", "-n")
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_single_seed_reruns_plan_only_what_they_name(tmp_path):
+    """The README's re-run commands, checked by their dry-run job lists on the finished .test run
+    (run after test_tiny_workflow_runs_end_to_end)."""
+    if not (REPO / ".test/results/tables/summary.csv").exists():
+        pytest.skip("needs the finished .test run of test_tiny_workflow_runs_end_to_end")
+    run = "results/runs/margin/refl/seed0/train_log.csv"
+    # retrain one (reward, method, seed) and nothing else
+    assert planned_jobs("--directory", ".test", run, "--forcerun", "train") == {"train": 1}
+    # retrain it and redo only what depends on it: its metrics, then the tables and figures
+    downstream = planned_jobs("--directory", ".test", "-R", run)
+    assert downstream["train"] == 1 and downstream["metrics"] == 1
+    assert set(downstream) == {"train", "metrics", "collect_metrics", "make_tables",
+                               "plot_convergence", "make_compute_table", "all"}
+    # regenerate the tables and figures only
+    figures = planned_jobs("--directory", ".test", "figures", "--forcerun", "make_tables",
+                           "plot_convergence")
+    assert set(figures) == {"make_tables", "plot_convergence", "figures"}
+    # editing one method's hyperparameters reruns that method's runs only
+    methods = tmp_path / "methods"
+    shutil.copytree(REPO / "config/methods", methods)
+    unchanged = planned_jobs("--directory", ".test", "--config", f"method_dir={methods}")
+    assert "train" not in unchanged
+    refl = yaml.safe_load((methods / "refl.yaml").read_text())
+    refl["per_reward"]["margin"]["lr"] *= 2
+    (methods / "refl.yaml").write_text(yaml.safe_dump(refl, sort_keys=False))
+    edited = planned_jobs("--directory", ".test", "--config", f"method_dir={methods}")
+    assert edited["train"] == 1 and edited["resolve_run_config"] == 1  # refl on margin only
+    # a code change reruns a method once its code_version is bumped: all of its runs, no others
+    refl["code_version"] += 1
+    (methods / "refl.yaml").write_text(yaml.safe_dump(refl, sort_keys=False))
+    bumped = planned_jobs("--directory", ".test", "--config", f"method_dir={methods}")
+    assert bumped["train"] == 2 and bumped["resolve_run_config"] == 2  # refl on both rewards

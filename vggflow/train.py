@@ -87,14 +87,15 @@ def peak_memory_mb(device: str) -> float:
 
 
 class _StopFlag:
-    """Turns the first SIGINT/SIGTERM into a request to stop after the current update."""
+    """Turns the first SIGINT, SIGTERM or SIGUSR1 (SLURM's warning before the time limit, with
+    ``sbatch --signal=USR1@<seconds>``) into a request to stop after the current update."""
 
     def __init__(self) -> None:
         self.signal: int | None = None
         self._previous = {}
 
     def __enter__(self) -> _StopFlag:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
             self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
