@@ -42,19 +42,45 @@ def slurm_cluster():
         pytest.skip("no SLURM cluster; start one with `sudo bash scripts/slurm/up.sh`")
 
 
-def test_tiny_workflow_runs_through_the_slurm_profile(slurm_cluster, tmp_path):
-    command = ["timeout", "-s", "INT", "-k", "30", "1200", sys.executable, "-m", "snakemake",
+def run_on_slurm(workdir: Path, *targets: str, options: tuple[str, ...] = (),
+                 limit: int = 1200) -> subprocess.CompletedProcess:
+    """snakemake with the shipped SLURM profile on the .test config, small resources, fast polls.
+
+    ``options`` come last, so that they replace the small default or per-rule resources.
+    """
+    command = ["timeout", "-s", "INT", "-k", "30", str(limit), sys.executable, "-m", "snakemake",
                "--profile", str(REPO / "profiles/slurm"), "--snakefile", str(REPO / "Snakefile"),
-               "--directory", str(tmp_path), "--configfile", str(REPO / ".test/config/config.yaml"),
+               "--directory", str(workdir), *targets, "--configfile",
+               str(REPO / ".test/config/config.yaml"),
                "--slurm-init-seconds-before-status-checks", "5",
                "--seconds-between-status-checks", "5", "--slurm-keep-successful-logs",
-               *SMALL_RESOURCES]
+               *SMALL_RESOURCES, *options]
     # jobs inherit the environment: the venv's python and package (`python -m vggflow`)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    result = subprocess.run(command, capture_output=True, text=True, timeout=1300, env=env)
-    output = result.stdout[-6000:] + result.stderr[-6000:]
-    assert result.returncode == 0, output
-    table = pd.read_csv(tmp_path / "results/tables/summary.csv")
+    return subprocess.run(command, capture_output=True, text=True, timeout=limit + 60, env=env)
+
+
+@pytest.fixture(scope="module")
+def slurm_workdir(slurm_cluster, tmp_path_factory):
+    """The tiny workflow, run to its tables and figures through SLURM once for this module."""
+    workdir = tmp_path_factory.mktemp("slurm")
+    result = run_on_slurm(workdir)
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-6000:]
+    return workdir
+
+
+def test_tiny_workflow_runs_through_the_slurm_profile(slurm_workdir):
+    table = pd.read_csv(slurm_workdir / "results/tables/summary.csv")
     assert {"base", "vggflow", "refl"} <= set(table["method"])
-    train_logs = list((tmp_path / ".snakemake/slurm_logs/rule_train").glob("**/*.log"))
+    assert (slurm_workdir / "results/figures/convergence_margin.png").exists()
+    train_logs = list((slurm_workdir / ".snakemake/slurm_logs/rule_train").glob("**/*.log"))
     assert train_logs, "no SLURM job log of the train rule: did the jobs run through SLURM?"
+    assert all(log.stem.isdigit() for log in train_logs)  # named by SLURM job id
+
+
+def test_a_partition_that_does_not_exist_fails_with_sbatchs_error(slurm_workdir):
+    result = run_on_slurm(slurm_workdir, "results/runs/margin/refl/seed3/train_log.csv",
+                          options=("--default-resources", "slurm_partition=no_such_partition",
+                                   "mem_mb=800", "runtime=30", "cpus_per_task=1"), limit=300)
+    assert result.returncode != 0
+    assert "invalid partition" in (result.stdout + result.stderr).lower()

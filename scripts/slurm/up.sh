@@ -69,10 +69,18 @@ CONF
 echo "NodeName=$host Name=gpu File=/dev/fakegpu[0-1]" > /etc/slurm/gres.conf
 touch /dev/fakegpu0 /dev/fakegpu1
 
+record_pid() {  # the daemons write their pid files shortly after forking
+    for _ in $(seq 50); do
+        if [ -s "/run/$1.pid" ]; then cp "/run/$1.pid" "$state/$1.pid"; return 0; fi
+        sleep 0.2
+    done
+    echo "slurm/up.sh: $1 wrote no pid file; see /var/log/slurm/$1.log" >&2
+    return 1
+}
 /usr/sbin/slurmctld
-cp /run/slurmctld.pid "$state/slurmctld.pid"
+record_pid slurmctld
 /usr/sbin/slurmd
-cp /run/slurmd.pid "$state/slurmd.pid"
+record_pid slurmd
 for _ in $(seq 60); do
     if sinfo -h -o %T 2>/dev/null | grep -q '^idle'; then
         echo "slurm/up.sh: cluster up: $(sinfo -h -o '%N %c CPUs %m MB %G %T')"
