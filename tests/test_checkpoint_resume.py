@@ -67,10 +67,11 @@ def test_state_of_another_config_is_set_aside(make_run_config, tmp_path):
     assert any(p.name.startswith("state.stale-") for p in tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGUSR1])
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM, signal.SIGUSR1])
 def test_a_stop_signal_saves_state_and_the_rerun_finishes(make_run_config, tmp_path,
                                                           stop_signal):
-    # SIGINT: Ctrl-C; SIGUSR1: SLURM's warning before the time limit (sbatch --signal)
+    # SIGINT: Ctrl-C; SIGTERM: scancel or a time limit; SIGUSR1: SLURM's warning before the
+    # time limit (sbatch --signal)
     cfg = make_run_config(method_name="refl", train={"max_steps": 3000, "checkpoint_every": 1000,
                                                      "eval_every": 1000})
     config_path = tmp_path / "config.yaml"
