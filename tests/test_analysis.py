@@ -6,7 +6,7 @@ from vggflow.analysis.plots import convergence
 from vggflow.analysis.style import METHOD_ORDER, PALETTE, ordered_methods
 from vggflow.analysis.sweep import settings_table, winner_overrides
 from vggflow.analysis.tables import collect, summary, write_tables
-from vggflow.config import sweep_grid, sweep_variants
+from vggflow.config import sweep_grid, sweep_overrides, sweep_variants
 
 
 def fixture_metrics() -> pd.DataFrame:
@@ -118,6 +118,8 @@ def test_sweep_grid_names_every_combination_and_per_reward_lists_replace_the_gri
     assert sweep_variants(sweep_grid(sweep, "adjoint_matching", "thickness")) == {
         "lr=0.0001+reward_scale=1": {"lr": 1e-4, "reward_scale": 1.0},
         "lr=0.0003+reward_scale=1": {"lr": 3e-4, "reward_scale": 1.0}}
+    for name, overrides in sweep_variants(sweep_grid(sweep, "adjoint_matching", "margin")).items():
+        assert sweep_overrides(name) == overrides  # the names parse back
     assert list(sweep_variants(sweep_grid(sweep, "adjoint_matching", "margin"))) == [
         "lr=0.0001+reward_scale=0.5", "lr=0.0001+reward_scale=2",
         "lr=0.0003+reward_scale=0.5", "lr=0.0003+reward_scale=2"]

@@ -122,6 +122,11 @@ def sweep_variants(grid: Mapping[str, list]) -> dict[str, dict]:
     return variants
 
 
+def sweep_overrides(name: str) -> dict[str, float]:
+    """The inverse of :func:`sweep_variants`' naming: ``lr=0.001+reward_scale=2`` -> overrides."""
+    return {key: float(value) for key, value in (part.split("=", 1) for part in name.split("+"))}
+
+
 def suite_resources(config: Mapping) -> dict:
     """The ``resources`` block of the config's suite (resources are keyed by suite)."""
     suite = config["suite"]

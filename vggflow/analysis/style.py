@@ -31,6 +31,12 @@ def ordered_methods(methods) -> list[str]:
     return [m for m in METHOD_ORDER if m in present] + sorted(present - set(METHOD_ORDER))
 
 
+def method_rank(methods):
+    """Each entry's position in the fixed method order (a pandas Series in, one out): a sort key."""
+    order = {m: i for i, m in enumerate(ordered_methods(methods))}
+    return methods.map(order)
+
+
 def label(method: str) -> str:
     return METHOD_LABELS.get(method, method)
 

@@ -16,7 +16,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from vggflow.analysis.style import label, ordered_methods
+from vggflow.analysis.style import label, method_rank
+from vggflow.config import sweep_overrides
 
 SETTING = ["reward", "method", "variant"]
 
@@ -27,11 +28,6 @@ def describe_rule(min_diversity_ratio: float, max_fd_prior: float | None) -> str
         limits += f" and fd_prior <= {max_fd_prior:g}"
     return (f"rule: the highest trained reward at the last update among settings that did not "
             f"diverge, with {limits}; else the most diverse setting")
-
-
-def parse_variant(name: str) -> dict[str, float]:
-    """The overrides of a sweep setting from its name: ``lr=0.001+reward_scale=2``."""
-    return {key: float(value) for key, value in (part.split("=", 1) for part in name.split("+"))}
 
 
 def diversity_metric(data: pd.DataFrame) -> str:
@@ -87,21 +83,20 @@ def settings_table(data: pd.DataFrame, min_diversity_ratio: float,
             stable = block[~block["diverged"]]
             best = (stable if len(stable) else block)["diversity"].idxmax()
         table.loc[best, "winner"] = True
-    table["_method"] = table["method"].map(
-        {m: i for i, m in enumerate(ordered_methods(table["method"]))})
-    table["_values"] = table["variant"].map(lambda name: tuple(parse_variant(name).values()))
+    table["_method"] = method_rank(table["method"])
+    table["_values"] = table["variant"].map(lambda name: tuple(sweep_overrides(name).values()))
     return (table.sort_values(["reward", "_method", "_values"])
             .drop(columns=["_method", "_values"]).reset_index(drop=True))
 
 
 def winner_overrides(table: pd.DataFrame) -> dict:
     """``{method: {"per_reward": {reward: overrides}}}`` of the winners, ready to paste into
-    ``config/methods/<method>.yaml``. Overrides are parsed back from the variant names.
+    ``config/methods/<method>.yaml``. Overrides are parsed back from the setting names.
     """
     overrides: dict = {}
     for row in table[table["winner"]].itertuples():
         overrides.setdefault(row.method, {"per_reward": {}})["per_reward"][row.reward] = \
-            parse_variant(row.variant)
+            sweep_overrides(row.variant)
     return overrides
 
 

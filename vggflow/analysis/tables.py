@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from vggflow.analysis.style import BASE, label, metric_family, ordered_methods
+from vggflow.analysis.style import BASE, label, method_rank, metric_family, ordered_methods
 
 COLUMNS = ["reward", "method", "seed", "step", "metric", "value"]
 
@@ -49,8 +49,7 @@ def summary(data: pd.DataFrame) -> pd.DataFrame:
         .reset_index()
     )
     table["std"] = table["std"].fillna(0.0)
-    order = {m: i for i, m in enumerate(ordered_methods(table["method"]))}
-    table["_m"] = table["method"].map(order)
+    table["_m"] = method_rank(table["method"])
     table["_f"] = table["metric"].map(metric_family)
     return table.sort_values(["reward", "_m", "_f", "metric"]).drop(columns=["_m", "_f"])
 
@@ -102,9 +101,8 @@ def compute_table(logs: list[pd.DataFrame], runs: list[dict]) -> pd.DataFrame:
                   seconds_per_update_std=("seconds_per_update", "std"),
                   peak_memory_mb=("peak_memory_mb", "max"))
              .reset_index())
-    order = {m: i for i, m in enumerate(ordered_methods(table["method"]))}
     table = table.fillna({"seconds_per_update_std": 0.0})
-    return table.sort_values("method", key=lambda column: column.map(order))
+    return table.sort_values("method", key=method_rank)
 
 
 def write_compute_table(table: pd.DataFrame, csv_path: str | Path,
