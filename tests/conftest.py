@@ -49,7 +49,7 @@ def digits_resources(tmp_path_factory) -> dict:
             "rewards": rewards, "eval_net": str(root / "eval_net.pt")}
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def make_run_config(digits_resources):
     """A resolved digits run config (dict) with small settings; keyword overrides per block."""
 

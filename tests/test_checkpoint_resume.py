@@ -1,6 +1,7 @@
 """A run stopped after k updates and resumed ends exactly where an uninterrupted run ends."""
 
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -149,39 +150,81 @@ def test_a_non_finite_loss_fails_or_is_recorded(make_run_config, tmp_path, monke
     assert len(pd.read_csv(out["log"])) == 3
 
 
-def test_sigkill_resumes_from_the_last_periodic_state_with_the_same_result(make_run_config,
-                                                                           tmp_path):
+# Runs the trainer CLI with the given arguments after patching it to send itself a signal right
+# after computing update `at` (before that update is logged or its state saved).
+SIGNAL_AT_UPDATE = """
+import os, sys
+from vggflow.cli import main
+from vggflow.train import Trainer
+at, signum = int(sys.argv[1]), int(sys.argv[2])
+update = Trainer.update
+def update_then_signal(self):
+    row = update(self)
+    if self.step + 1 == at:
+        os.kill(os.getpid(), signum)
+    return row
+Trainer.update = update_then_signal
+sys.exit(main(sys.argv[3:]))
+"""
+KILL_RUN = {"max_steps": 12, "checkpoint_every": 4, "eval_every": 6}
+
+
+def train_command(config, root):
+    return ["train", "--config", str(config), "--state-dir", str(root / "state"), "--lora-dir",
+            str(root / "lora"), "--log-csv", str(root / "log.csv"), "--samples",
+            str(root / "samples.pt"), "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_run(make_run_config, tmp_path_factory):
+    """A 12-update VGG-Flow run trained without interruption, and its config file."""
+    root = tmp_path_factory.mktemp("uninterrupted")
+    write_yaml_atomic(make_run_config(method_name="vggflow", train=KILL_RUN), root / "c.yaml")
+    straight = subprocess.run([sys.executable, "-m", "vggflow",
+                               *train_command(root / "c.yaml", root)],
+                              capture_output=True, text=True, timeout=300)
+    assert straight.returncode == 0, straight.stderr
+    return root
+
+
+def fixed_or_random_kill(case: str) -> tuple[signal.Signals, int]:
+    if case == "random":  # the draw is printed with any failure
+        draw = random.Random()
+        return draw.choice([signal.SIGKILL, signal.SIGTERM]), draw.randint(1, 11)
+    name, at = case.split("@")
+    return signal.Signals[name], int(at)
+
+
+@pytest.mark.parametrize("case", ["SIGKILL@7", "SIGTERM@7", "random"])
+def test_a_killed_run_resumes_to_the_uninterrupted_result(uninterrupted_run, tmp_path, case):
     from safetensors.torch import load_file
 
-    cfg = make_run_config(method_name="vggflow", train={"max_steps": 12, "checkpoint_every": 4,
-                                                        "eval_every": 12})
-    write_yaml_atomic(cfg, tmp_path / "c.yaml")
-
-    def command(root):
-        return [sys.executable, "-m", "vggflow", "train", "--config", str(tmp_path / "c.yaml"),
-                "--state-dir", str(root / "state"), "--lora-dir", str(root / "lora"),
-                "--log-csv", str(root / "log.csv"), "--samples", str(root / "samples.pt"),
-                "--threads", "1"]
-
-    straight = subprocess.run(command(tmp_path / "a"), capture_output=True, text=True,
-                              timeout=300)
-    assert straight.returncode == 0, straight.stderr
-    killed = subprocess.Popen(command(tmp_path / "b"), stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
-    log = tmp_path / "b" / "state" / "train_log.csv"
-    deadline = time.time() + 120
-    while (not log.exists() or len(log.read_text().splitlines()) < 7) and time.time() < deadline:
-        time.sleep(0.05)
-    killed.send_signal(signal.SIGKILL)
-    killed.wait(timeout=60)
-    assert not (tmp_path / "b" / "log.csv").exists()
-    resumed = subprocess.run(command(tmp_path / "b"), capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr
-    assert "resumed from" in resumed.stdout  # from update 4 or 8, not from scratch
-    logs = [pd.read_csv(tmp_path / run / "log.csv") for run in ("a", "b")]
-    assert logs[0]["step"].tolist() == logs[1]["step"].tolist() == list(range(1, 13))
-    assert logs[0]["reward_mean"].tolist() == logs[1]["reward_mean"].tolist()
-    weights = [load_file(tmp_path / run / "lora/step12/adapter_model.safetensors")
-               for run in ("a", "b")]
-    assert weights[0].keys() == weights[1].keys()
-    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    sig, at = fixed_or_random_kill(case)
+    where = f"{sig.name} during update {at}"
+    config, straight, killed = uninterrupted_run / "c.yaml", uninterrupted_run, tmp_path
+    first = subprocess.run([sys.executable, "-c", SIGNAL_AT_UPDATE, str(at), str(int(sig)),
+                            *train_command(config, killed)],
+                           capture_output=True, text=True, timeout=300)
+    # SIGKILL ends the process at once; SIGTERM lets it finish update `at`, save, and exit 130
+    assert first.returncode == (-signal.SIGKILL if sig == signal.SIGKILL else 130), where
+    assert not (killed / "log.csv").exists(), where
+    # the state is saved every checkpoint_every and at every evaluation
+    saved_at = at if sig == signal.SIGTERM else max(
+        step for step in range(at) if step % KILL_RUN["checkpoint_every"] == 0
+        or step % KILL_RUN["eval_every"] == 0)
+    resumed = subprocess.run([sys.executable, "-m", "vggflow", *train_command(config, killed)],
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, f"{where}: {resumed.stderr}"
+    if saved_at:
+        assert f"at update {saved_at}" in resumed.stdout, where
+    logs = [pd.read_csv(root / "log.csv") for root in (straight, killed)]
+    assert logs[1]["step"].tolist() == list(range(1, 13)), where
+    assert logs[0]["reward_mean"].tolist() == logs[1]["reward_mean"].tolist(), where
+    for step in (6, 12):
+        weights = [load_file(root / f"lora/step{step}/adapter_model.safetensors")
+                   for root in (straight, killed)]
+        assert weights[0].keys() == weights[1].keys(), where
+        assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0]), where
+    samples = [torch.load(root / "samples.pt", weights_only=False)["images"]
+               for root in (straight, killed)]
+    assert torch.equal(samples[0], samples[1]), where

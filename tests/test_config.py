@@ -1,4 +1,5 @@
 import pytest
+import yaml
 from conftest import REPO
 
 from vggflow.config import (
@@ -55,6 +56,16 @@ def test_resolved_run_config_is_readable_by_the_package():
     assert cfg.method["lr"] == method_file["per_reward"]["margin"]["lr"]
     assert cfg.method["alpha"] == method_file["per_suite"]["digits"]["alpha"]
     assert cfg.train.accumulation_steps == 1
+
+
+def test_the_order_of_a_method_files_keys_does_not_change_the_resolved_config():
+    config = default_config()
+    method_file = load_yaml(REPO / "config/methods/vggflow.yaml")
+    reordered = dict(reversed(list(method_file.items())))
+    runs = [yaml.dump(resolve_run_config(config, file, "margin", "vggflow", 0, {"lr": 0.5}),
+                      sort_keys=False) for file in (method_file, reordered)]
+    assert runs[0] == runs[1]
+    assert "  lr: 0.5\n" in runs[0]  # overrides come last
 
 
 @pytest.mark.parametrize(

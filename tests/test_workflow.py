@@ -192,6 +192,13 @@ def test_single_seed_reruns_plan_only_what_they_name(tmp_path):
     shutil.copytree(REPO / "config/methods", methods)
     unchanged = planned_jobs("--directory", ".test", "--config", f"method_dir={methods}")
     assert "train" not in unchanged
+    # re-saving a method file with its keys in another order (and its comments gone) changes
+    # nothing: the resolved config is written with sorted keys
+    vggflow = yaml.safe_load((methods / "vggflow.yaml").read_text())
+    reordered = dict(reversed(list(vggflow.items())))
+    (methods / "vggflow.yaml").write_text(yaml.safe_dump(reordered, sort_keys=False))
+    assert "resolve_run_config" not in planned_jobs("--directory", ".test", "--config",
+                                                    f"method_dir={methods}")
     refl = yaml.safe_load((methods / "refl.yaml").read_text())
     refl["per_reward"]["margin"]["lr"] *= 2
     (methods / "refl.yaml").write_text(yaml.safe_dump(refl, sort_keys=False))

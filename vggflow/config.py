@@ -76,15 +76,27 @@ def method_settings(method_file: Mapping, suite: str, reward: str) -> dict:
 SHARED_BLOCKS = ("train", "sampler", "eval", "lora")
 
 
+def sorted_keys(data: Any) -> Any:
+    """``data`` with every mapping's keys in sorted order, so that the order in which a config
+    file lists its keys never changes a resolved config (nor reruns the runs that read it)."""
+    if isinstance(data, Mapping):
+        return {key: sorted_keys(data[key]) for key in sorted(data)}
+    if isinstance(data, list):
+        return [sorted_keys(item) for item in data]
+    return data
+
+
 def resolve_run_config(
     config: Mapping,
     method_file: Mapping,
     reward: str,
     method: str,
     seed: int,
+    overrides: Mapping | None = None,
 ) -> dict:
     """The one config file a run reads: shared blocks of the experiment config, the suite's
-    resources, the method's hyperparameters (defaults, then per suite, then per reward), the seed.
+    resources, the method's hyperparameters (defaults, then per suite, then per reward, then
+    ``overrides``: an ablation's or sweep setting's), the seed. Keys are sorted.
     """
     suite = config["suite"]
     resolved: dict[str, Any] = {
@@ -92,12 +104,13 @@ def resolve_run_config(
         "reward": reward,
         "rewards": list(config["rewards"]),
         "seed": int(seed),
-        "method": {"name": method, **method_settings(method_file, suite, reward)},
+        "method": {"name": method, **method_settings(method_file, suite, reward),
+                   **(overrides or {})},
     }
     for block in SHARED_BLOCKS:
         resolved[block] = copy.deepcopy(dict(config[block]))
     resolved["resources"] = suite_resources(config)
-    return resolved
+    return sorted_keys(resolved)
 
 
 def sweep_grid(sweep: Mapping, method: str, reward: str) -> dict[str, list]:
@@ -142,7 +155,7 @@ def resolve_base_config(config: Mapping, reward: str) -> dict:
     for block in ("sampler", "eval"):
         resolved[block] = copy.deepcopy(dict(config[block]))
     resolved["resources"] = suite_resources(config)
-    return resolved
+    return sorted_keys(resolved)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -161,12 +161,14 @@ def run_config(wildcards):
     that reward, then the variant's overrides.
     """
     method, _, variant = wildcards.method.partition("@")
-    resolved = resolve_run_config(
-        CONFIG, METHOD_FILES[method], wildcards.reward, method, int(wildcards.seed)
+    return resolve_run_config(
+        CONFIG,
+        METHOD_FILES[method],
+        wildcards.reward,
+        method,
+        int(wildcards.seed),
+        VARIANTS[method][variant] if variant else None,
     )
-    if variant:
-        resolved["method"].update(VARIANTS[method][variant])
-    return resolved
 
 
 def divergence_flag(wildcards):
