@@ -5,7 +5,10 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# The default benchmark's config, unless --configfile names others (each config is complete).
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
 
 
 report: "workflow/report/workflow.rst"
@@ -17,6 +20,16 @@ include: "workflow/rules/common.smk"
 if SUITE == "digits":
 
     include: "workflow/rules/digits.smk"
+
+
+if SUITE == "sd3":
+
+    include: "workflow/rules/fetch.smk"
+
+
+if SUITE == "tiny-sd3":
+
+    include: "workflow/rules/tiny_sd3.smk"
 
 
 include: "workflow/rules/train.smk"

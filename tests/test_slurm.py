@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
+import yaml
 from conftest import REPO
 
 # The shipped profile's resources are sized for SD3 on real GPU nodes; on the 2-CPU test node every
@@ -84,3 +86,45 @@ def test_a_partition_that_does_not_exist_fails_with_sbatchs_error(slurm_workdir)
                                    "mem_mb=800", "runtime=30", "cpus_per_task=1"), limit=300)
     assert result.returncode != 0
     assert "invalid partition" in (result.stdout + result.stderr).lower()
+
+
+def test_a_job_cut_by_its_time_limit_is_retried_and_resumes_to_the_same_result(slurm_workdir,
+                                                                              tmp_path):
+    """One training job with more work than its one-minute SLURM limit: SLURM ends it (SIGTERM:
+    the trainer saves its state), the profile's retry resumes it, and the result equals the same
+    run trained straight through here."""
+    from safetensors.torch import load_file
+
+    long_run = tmp_path / "long_run.yaml"  # about 110 s of updates on the CI machine
+    long_run.write_text(yaml.safe_dump({"train": {
+        "max_steps": 6000, "eval_every": 6000, "checkpoint_every": 1000, "log_every": 500}}))
+    run = Path("results/runs/margin/refl/seed7")
+    result = run_on_slurm(slurm_workdir, str(run / "train_log.csv"), options=(
+        "--configfile", str(REPO / ".test/config/config.yaml"), str(long_run),
+        # no early warning signal (slurm_extra), and a limit shorter than the work; more retries
+        # than the profile's 2, so that a slow machine still finishes in the attempts it gets
+        "--set-resources", "train:gpu=1", "train:mem_mb=1500", "train:cpus_per_task=1",
+        "train:runtime=1", "--retries", "4"), limit=900)
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-6000:]
+    job_logs = sorted((slurm_workdir / ".snakemake/slurm_logs/rule_train/margin_refl_7").glob(
+        "*.log"), key=lambda log: int(log.stem))  # one log per SLURM job, named by its id
+    assert len(job_logs) >= 2, f"the job was not cut by its time limit: {job_logs}"
+    assert "DUE TO TIME LIMIT" in job_logs[0].read_text()
+    train_log = (slurm_workdir / "logs/train/margin/refl/seed7.log").read_text()
+    assert "resumed from" in train_log  # the last attempt continued from a saved state
+
+    straight = tmp_path / "straight"
+    command = [sys.executable, "-m", "vggflow", "train", "--config",
+               str(slurm_workdir / run / "config.yaml"), "--state-dir", str(straight / "state"),
+               "--lora-dir", str(straight / "lora"), "--log-csv", str(straight / "log.csv"),
+               "--samples", str(straight / "samples.pt"), "--threads", "1"]
+    uninterrupted = subprocess.run(command, capture_output=True, text=True, timeout=900,
+                                   cwd=slurm_workdir)
+    assert uninterrupted.returncode == 0, uninterrupted.stderr[-4000:]
+    weights = [load_file(root / "lora/step6000/adapter_model.safetensors")
+               for root in (straight, slurm_workdir / run)]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
+    logs = [pd.read_csv(path) for path in (straight / "log.csv", slurm_workdir / run /
+                                           "train_log.csv")]
+    assert logs[0]["reward_mean"].tolist() == logs[1]["reward_mean"].tolist()

@@ -93,7 +93,8 @@ def cmd_sample_base(args) -> None:
 
     cfg = BaseSampleConfig.load(args.config)
     load_builtin_suites()
-    suite = SUITES.get(cfg.suite)(cfg.resources, device=resolve_device("auto"))
+    suite = SUITES.get(cfg.suite)(cfg.resources, device=resolve_device("auto"),
+                                  settings=cfg.model)
     model = suite.flow_model
     prompts = suite.eval_prompts()
     images = sample_images(model.base_velocity, model, prompts, cfg.eval.images_per_prompt,
@@ -138,11 +139,13 @@ def cmd_metrics(args) -> None:
     from vggflow.config import RunConfig
     from vggflow.metrics.evaluate import step_metrics
     from vggflow.suites import SUITES, load_builtin_suites
+    from vggflow.train import resolve_device
     from vggflow.utils.io import atomic_path, torch_load
 
     cfg = RunConfig.load(args.config)
     load_builtin_suites()
-    suite = SUITES.get(cfg.suite)(cfg.resources, device="cpu")
+    suite = SUITES.get(cfg.suite)(cfg.resources, device=resolve_device("auto"),
+                                  settings=cfg.model)
     samples = torch_load(args.samples, "run samples")
     base = torch_load(args.base_samples, "base-model samples")
     if list(samples["prompts"]) != list(base["prompts"]):
@@ -177,6 +180,26 @@ def cmd_closed_form(args) -> int:
     with atomic_path(args.figure) as tmp:
         closed_form.plot(results, tmp)
     return 0
+
+
+def cmd_fetch_sd3(args) -> int:
+    from vggflow.config import load_yaml
+    from vggflow.fetch import FetchError, fetch_resources, sd3_resources_from
+
+    resources = sd3_resources_from(load_yaml(args.config), str(args.config))
+    try:
+        fetch_resources(resources, args.manifest, download=not args.no_download)
+    except FetchError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_make_tiny_sd3(args) -> None:
+    from vggflow.models.sd3_tiny import write_tiny_sd3_suite
+
+    resources = write_tiny_sd3_suite(args.out_dir, seed=args.seed)
+    print(f"tiny-sd3 files in {args.out_dir}: {', '.join(sorted(resources))}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -220,6 +243,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--seed", type=int, default=2)
 
+    p = command("make-tiny-sd3", cmd_make_tiny_sd3,
+                "write the tiny-sd3 suite's random-weight SD3 pipeline, rewards and prompts")
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--seed", type=int, default=0)
+
     p = command("sample-base", cmd_sample_base, "evaluation samples of the base model")
     p.add_argument("--config", required=True, help="base-sample config written by the workflow")
     p.add_argument("--out", required=True)
@@ -248,6 +276,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", required=True)
     p.add_argument("--base-samples", required=True)
     p.add_argument("--out", required=True)
+
+    p = command("fetch-sd3", cmd_fetch_sd3,
+                "download the SD3 suite's weights and prompt files (needs internet; HF_TOKEN)")
+    p.add_argument("--config", required=True,
+                   help="YAML with the SD3 resources block (experiment config or resolved block)")
+    p.add_argument("--manifest", required=True, help="output: JSON manifest (size, sha256)")
+    p.add_argument("--no-download", action="store_true",
+                   help="only record files already present (copied by hand); fail on missing")
     return parser
 
 

@@ -109,8 +109,7 @@ def resolve_run_config(
     }
     for block in SHARED_BLOCKS:
         resolved[block] = copy.deepcopy(dict(config[block]))
-    resolved["resources"] = suite_resources(config)
-    return sorted_keys(resolved)
+    return sorted_keys({**resolved, **suite_blocks(config, reward)})
 
 
 def sweep_grid(sweep: Mapping, method: str, reward: str) -> dict[str, list]:
@@ -140,13 +139,29 @@ def sweep_overrides(name: str) -> dict[str, float]:
     return {key: float(value) for key, value in (part.split("=", 1) for part in name.split("+"))}
 
 
-def suite_resources(config: Mapping) -> dict:
-    """The ``resources`` block of the config's suite (resources are keyed by suite)."""
+def suite_resources(config: Mapping, reward: str | None = None) -> dict:
+    """The ``resources`` block of the config's suite (resources are keyed by suite); given a
+    reward, its ``prompts`` entry is that reward's prompt set (SD3 suites key them by reward)."""
     suite = config["suite"]
     if suite not in config["resources"]:
         raise ConfigError(f"config key resources.{suite} is missing (the resources of suite "
                           f"{suite!r})")
-    return copy.deepcopy(dict(config["resources"][suite]))
+    resources = copy.deepcopy(dict(config["resources"][suite]))
+    if reward is not None and "prompts" in resources:
+        if reward not in resources["prompts"]:
+            raise ConfigError(f"config key resources.{suite}.prompts has no prompt set for "
+                              f"reward {reward!r}; add resources.{suite}.prompts.{reward}")
+        resources["prompts"] = resources["prompts"][reward]
+    return resources
+
+
+def suite_blocks(config: Mapping, reward: str) -> dict:
+    """A run's suite-specific blocks: its resources and, where the config has one, ``model``
+    (the flow model's settings: SD3 resolution, dtype, decoders)."""
+    blocks = {"resources": suite_resources(config, reward)}
+    if config.get("model"):
+        blocks["model"] = copy.deepcopy(dict(config["model"]))
+    return blocks
 
 
 def resolve_base_config(config: Mapping, reward: str) -> dict:
@@ -154,8 +169,7 @@ def resolve_base_config(config: Mapping, reward: str) -> dict:
     resolved = {"suite": config["suite"], "reward": reward, "rewards": list(config["rewards"])}
     for block in ("sampler", "eval"):
         resolved[block] = copy.deepcopy(dict(config[block]))
-    resolved["resources"] = suite_resources(config)
-    return sorted_keys(resolved)
+    return sorted_keys({**resolved, **suite_blocks(config, reward)})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -342,6 +356,7 @@ class RunConfig:
     lora: LoraSettings
     resources: dict
     raw: dict
+    model: dict = dataclasses.field(default_factory=dict)
 
     @classmethod
     def from_mapping(cls, data: Mapping, source: str = "run config") -> RunConfig:
@@ -351,7 +366,7 @@ class RunConfig:
         missing = [key for key in required if key not in data]
         if missing:
             raise ConfigError(f"{source}: missing key(s) {', '.join(missing)}")
-        unknown = sorted(set(data) - set(required))
+        unknown = sorted(set(data) - set(required) - {"model"})
         if unknown:
             raise ConfigError(
                 f"{source}: unknown key(s) {', '.join(unknown)}; allowed keys: "
@@ -371,6 +386,7 @@ class RunConfig:
             lora=from_dict(LoraSettings, data["lora"], f"{source}: lora"),
             resources=dict(data["resources"]),
             raw=data,
+            model=dict(data.get("model") or {}),
         )
 
     @classmethod
@@ -388,6 +404,7 @@ class BaseSampleConfig:
     sampler: SamplerConfig
     eval: EvalConfig
     resources: dict
+    model: dict = dataclasses.field(default_factory=dict)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> BaseSampleConfig:
@@ -400,6 +417,7 @@ class BaseSampleConfig:
             sampler=from_dict(SamplerConfig, data["sampler"], f"{source}: sampler"),
             eval=from_dict(EvalConfig, data["eval"], f"{source}: eval"),
             resources=dict(data["resources"]),
+            model=dict(data.get("model") or {}),
         )
 
 

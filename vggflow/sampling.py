@@ -11,7 +11,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from vggflow.timegrid import broadcast_time, uniform_grid
+from vggflow.timegrid import broadcast_time
 
 VelocityFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 
@@ -43,6 +43,11 @@ class Guidance:
 
     def select(self, index: Tensor) -> Guidance:
         return Guidance(self.cond[index], self.uncond[index], self.scale)
+
+    def tile(self, times: int) -> Guidance:
+        """The whole batch repeated ``times`` times (matches flattening (times, B, ...))."""
+        return Guidance(torch.cat([self.cond] * times), torch.cat([self.uncond] * times),
+                        self.scale)
 
     def repeat(self, times: int) -> Guidance:
         """Each row repeated ``times`` times in a row (matches ``repeat_interleave``)."""
@@ -184,7 +189,7 @@ def sample_images(
     generator = torch.Generator().manual_seed(seed)
     all_prompts = [p for p in prompts for _ in range(images_per_prompt)]
     noise = torch.randn((len(all_prompts), *model.sample_shape), generator=generator)
-    times = uniform_grid(num_steps, device=device)
+    times = model.time_grid(num_steps).to(device)
     images = []
     for start in range(0, len(all_prompts), chunk_size):
         chunk = all_prompts[start:start + chunk_size]
@@ -193,6 +198,6 @@ def sample_images(
         rollout = euler_rollout(velocity_fn, noise[start:start + chunk_size].to(device), times,
                                 guidance, chunk, record=False)
         with torch.no_grad():
-            images.append(model.decode(rollout.final).float().cpu())
+            images.append(model.decode_for_evaluation(rollout.final).float().cpu())
     stacked = torch.cat(images)
     return stacked.reshape(len(prompts), images_per_prompt, *stacked.shape[1:])

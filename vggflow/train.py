@@ -28,7 +28,6 @@ from vggflow.methods import METHODS, load_builtin_methods
 from vggflow.methods.base import Method, WeightedChunks
 from vggflow.sampling import Guidance, sample_images
 from vggflow.suites import SUITES, Suite, load_builtin_suites
-from vggflow.timegrid import uniform_grid
 from vggflow.utils.io import copy_file_atomic, copy_tree_atomic, torch_save_atomic
 from vggflow.utils.seeding import (
     capture_rng_state,
@@ -68,7 +67,7 @@ def config_digest(cfg: RunConfig) -> str:
 def build_suite(cfg: RunConfig, device: str) -> Suite:
     load_builtin_suites()
     return SUITES.get(cfg.suite)(cfg.resources, lora_rank=cfg.lora.rank,
-                                 lora_alpha=cfg.lora.alpha, device=device)
+                                 lora_alpha=cfg.lora.alpha, device=device, settings=cfg.model)
 
 
 def build_method(cfg: RunConfig, suite: Suite) -> Method:
@@ -131,7 +130,7 @@ class Trainer:
                 betas=tuple(settings.adam_betas), weight_decay=settings.weight_decay,
             )
         self.generator = torch.Generator().manual_seed(cfg.seed)
-        self.times = uniform_grid(cfg.sampler.num_steps, device=self.device)
+        self.times = self.model.time_grid(cfg.sampler.num_steps).to(self.device)
         self.train_prompts = self.suite.train_prompts()
         self.step = 0
         self.elapsed = 0.0

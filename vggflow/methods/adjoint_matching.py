@@ -136,7 +136,7 @@ class AdjointMatching(AdapterOnly):
             t=t,
             sigma=memoryless_sigma(t, self.offset),
             adjoint=adjoints[index].flatten(0, 1),
-            cond=rollout.guidance.cond.repeat(len(steps)),
+            cond=rollout.guidance.tile(len(steps)).cond,
         )
 
     def loss(self, module: str, batch: AdjointTerms, step: int) -> dict[str, Tensor]:

@@ -75,8 +75,7 @@ class VGGFlowPMP(AdapterOnly):
             x=rollout.states[:-1].flatten(0, 1),
             t=times,
             costate=costates.flatten(0, 1),
-            guidance=Guidance(rollout.guidance.cond.repeat(steps),
-                              rollout.guidance.uncond.repeat(steps), rollout.guidance.scale),
+            guidance=rollout.guidance.tile(steps),
         )
 
     def loss(self, module: str, batch: Costates, step: int) -> dict[str, Tensor]:

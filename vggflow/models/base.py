@@ -14,6 +14,7 @@ from typing import Protocol, runtime_checkable
 from torch import Tensor, nn
 
 from vggflow.registry import Registry
+from vggflow.timegrid import uniform_grid
 
 
 @runtime_checkable
@@ -41,8 +42,17 @@ class FlowModel(Protocol):
 
     def base_velocity(self, x: Tensor, t: Tensor, cond: Tensor) -> Tensor: ...
 
+    def time_grid(self, num_steps: int) -> Tensor:
+        """The num_steps + 1 times, 0 to 1, that rollouts and evaluation sampling visit."""
+        ...
+
     def decode(self, x: Tensor) -> Tensor:
-        """Samples at t = 1 to images in [0, 1], shape (B, C, H, W); differentiable."""
+        """Samples at t = 1 to images in [0, 1], shape (B, C, H, W); differentiable (the
+        images that rewards see in training)."""
+        ...
+
+    def decode_for_evaluation(self, x: Tensor) -> Tensor:
+        """Samples at t = 1 to the evaluation images in [0, 1] (SD3: the full VAE)."""
         ...
 
     def adapter(self) -> nn.Module:
@@ -52,6 +62,17 @@ class FlowModel(Protocol):
     def save_adapter(self, directory: str | Path) -> None: ...
 
     def load_adapter(self, directory: str | Path) -> None: ...
+
+
+class UniformGridDecoder:
+    """For models that sample on a uniform grid and decode one way for training and evaluation
+    (digits, toy2d)."""
+
+    def time_grid(self, num_steps: int) -> Tensor:
+        return uniform_grid(num_steps)
+
+    def decode_for_evaluation(self, x: Tensor) -> Tensor:
+        return self.decode(x)
 
 
 # Flow-model names (one per suite) -> builder(resources, lora_rank, lora_alpha, device).

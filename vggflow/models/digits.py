@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vggflow.models.base import FLOW_MODELS
+from vggflow.models.base import FLOW_MODELS, UniformGridDecoder
 from vggflow.models.mlp import ConditionalMLP
 from vggflow.timegrid import interpolate, target_velocity
 
@@ -92,7 +92,7 @@ def pretrain_flow(
     return ema, log
 
 
-class DigitsFlowModel:
+class DigitsFlowModel(UniformGridDecoder):
     """The pretrained digits net with a peft LoRA adapter; implements ``FlowModel``."""
 
     sample_shape = SAMPLE_SHAPE

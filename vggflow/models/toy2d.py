@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from vggflow.models.base import FLOW_MODELS
+from vggflow.models.base import FLOW_MODELS, UniformGridDecoder
 from vggflow.models.mlp import ConditionalMLP
 from vggflow.timegrid import broadcast_time
 
@@ -81,7 +81,7 @@ def residual_network() -> ConditionalMLP:
     return ConditionalMLP(dim=2, hidden=64, depth=2, time_dim=32, time_scale=10.0, out_scale=0.0)
 
 
-class Toy2dFlowModel:
+class Toy2dFlowModel(UniformGridDecoder):
     """v_theta(x, t) = v_base(x, t) + residual(x, t); implements ``FlowModel``.
 
     toy2d is unconditional: every prompt maps to label 0 and guidance has no effect.

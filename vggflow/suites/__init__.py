@@ -5,7 +5,7 @@ from vggflow.suites.base import SUITES, Suite
 
 def load_builtin_suites() -> None:
     """Import the built-in suites so that they register themselves."""
-    from vggflow.suites import digits, toy2d  # noqa: F401
+    from vggflow.suites import digits, sd3, toy2d  # noqa: F401
 
 
 __all__ = ["SUITES", "Suite", "load_builtin_suites"]

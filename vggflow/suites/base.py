@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import cached_property
 from typing import Protocol, runtime_checkable
 
@@ -62,8 +63,9 @@ class RegisteredSuite:
     name: str
 
     def __init__(self, resources: dict, lora_rank: int = 8, lora_alpha: float = 8.0,
-                 device: str = "cpu") -> None:
+                 device: str = "cpu", settings: Mapping | None = None) -> None:
         self.resources = resources
+        self.settings = dict(settings or {})  # the config's `model` block (SD3 suites)
         self.lora_rank = lora_rank
         self.lora_alpha = lora_alpha
         self.device = device

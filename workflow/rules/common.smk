@@ -7,6 +7,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir)))
 
+from vggflow.fetch import check_resources
 from vggflow.config import (
     ConfigError,
     check_names,
@@ -56,9 +57,10 @@ def _load_checked_config(raw):
         path = reward_dir / f"{name}.yaml"
         reward_file = load_yaml(path) or {}
         validate(reward_file, reward_schema, str(path))
-        if reward_file["suite"] != checked["suite"]:
+        suites = reward_file["suite"]
+        if checked["suite"] not in ([suites] if isinstance(suites, str) else suites):
             raise ConfigError(
-                f"{path}: reward {name!r} belongs to suite {reward_file['suite']!r}, "
+                f"{path}: reward {name!r} belongs to suite {suites!r}, "
                 f"but config key 'suite' is {checked['suite']!r}"
             )
         if name not in suite_resources(checked).get("rewards", {}):
@@ -110,6 +112,10 @@ RUNS = [
 ]
 DIGITS = CONFIG["digits"]
 RESOURCES = suite_resources(CONFIG)
+# tiny-sd3: rule make_tiny_sd3 writes every file of the suite into the pipeline's parent folder,
+# with the resources block it wrote as resources.yaml (config paths must follow that layout).
+TINY_SD3_DIR = str(Path(RESOURCES["pipeline"]).parent) if SUITE == "tiny-sd3" else None
+TINY_SD3_MANIFEST = f"{TINY_SD3_DIR}/resources.yaml"
 
 
 ABLATION = CONFIG.get("ablations")
@@ -185,15 +191,27 @@ def write_config(data, path):
 
 
 def suite_files(wildcards=None):
-    """Every network and data file of the suite (toy2d is analytic and needs none)."""
-    if SUITE != "digits":
-        return []
-    return [
-        RESOURCES["data"],
-        RESOURCES["base_model"],
-        RESOURCES["eval_net"],
-        *RESOURCES["rewards"].values(),
-    ]
+    """The files a suite's jobs read that rules make: the digits networks, the tiny-sd3 files.
+
+    sd3: none (its files are fetched once by fetch_sd3_resources, not made per run); a missing
+    one stops the workflow here, while the jobs are planned, naming the file and the command.
+    toy2d is analytic and needs none.
+    """
+    if SUITE == "digits":
+        return [
+            RESOURCES["data"],
+            RESOURCES["base_model"],
+            RESOURCES["eval_net"],
+            *RESOURCES["rewards"].values(),
+        ]
+    if SUITE == "tiny-sd3":
+        return [TINY_SD3_MANIFEST]
+    if SUITE == "sd3":
+        try:
+            check_resources(RESOURCES)
+        except ConfigError as error:
+            raise WorkflowError(str(error)) from None
+    return []
 
 
 def metric_targets(runs=RUNS):

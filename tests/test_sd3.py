@@ -1,0 +1,154 @@
+"""The SD3 adapter on tiny-sd3 (random weights, real classes and loading code) against diffusers'
+own pipeline, sampler and LoRA loader."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+import yaml
+from conftest import REPO
+
+from vggflow.models.sd3 import SD3FlowModel, check_pipeline_dir
+from vggflow.models.sd3_tiny import TINY_RESOLUTION, write_tiny_sd3_suite
+from vggflow.sampling import Guidance, euler_rollout
+
+SETTINGS = {"resolution": TINY_RESOLUTION, "dtype": "float32", "text_encoder_3": False}
+PROMPTS = ["a photo of a cat", "a painting of a dog"]
+
+
+@pytest.fixture(scope="session")
+def tiny_sd3(tmp_path_factory) -> dict:
+    """Every tiny-sd3 file (pipeline, taesd3, the three rewards, prompts): the resources block."""
+    return write_tiny_sd3_suite(tmp_path_factory.mktemp("tiny_sd3"))
+
+
+@pytest.fixture
+def model(tiny_sd3) -> SD3FlowModel:
+    torch.manual_seed(0)
+    return SD3FlowModel(tiny_sd3["pipeline"], SETTINGS, 4, 4, "cpu", tiny_sd3["tiny_vae"])
+
+
+def perturb_lora(model: SD3FlowModel, seed: int = 1) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.transformer.named_parameters():
+            if "lora_B" in name:
+                param.add_(0.05 * torch.randn(param.shape, generator=generator))
+
+
+def seeded_noise(model: SD3FlowModel, seed: int) -> torch.Tensor:
+    return torch.randn(len(PROMPTS), *model.sample_shape,
+                       generator=torch.Generator().manual_seed(seed))
+
+
+def our_latents(model: SD3FlowModel, noise: torch.Tensor, steps: int, scale: float):
+    guidance = Guidance(model.encode_prompts(PROMPTS), model.null_condition(len(PROMPTS)), scale)
+    return euler_rollout(model.velocity, noise, model.time_grid(steps), guidance, PROMPTS).final
+
+
+def pipeline_latents(pipe, noise: torch.Tensor, steps: int, scale: float) -> torch.Tensor:
+    with torch.no_grad():
+        return pipe(PROMPTS, num_inference_steps=steps, guidance_scale=scale, latents=noise,
+                    height=TINY_RESOLUTION, width=TINY_RESOLUTION, output_type="latent").images
+
+
+@pytest.mark.parametrize("scale", [1.0, 5.0])
+def test_euler_rollout_equals_the_diffusers_pipeline(model, scale):
+    noise = seeded_noise(model, 3)
+    ours = our_latents(model, noise, 20, scale)
+    theirs = pipeline_latents(model.pipe, noise, 20, scale)
+    assert ours.shape == theirs.shape == noise.shape
+    assert torch.allclose(ours, theirs, atol=1e-5, rtol=0), (ours - theirs).abs().max()
+    assert not torch.allclose(ours, noise, atol=1e-2)  # the model moved the noise
+
+
+def test_time_grid_is_the_shifted_sd3_schedule(model):
+    grid = model.time_grid(20)
+    assert grid.shape == (21,) and grid[0] == 0 and grid[-1] == 1
+    assert (grid.diff() > 0).all()
+    # shift 3 spends small steps near the noise: the first step is shorter than uniform 1/20
+    assert grid[1] < 0.05
+
+
+def test_adapter_changes_only_velocity_and_gradients_reach_only_the_lora(model):
+    x = torch.randn(2, *model.sample_shape)
+    t = torch.full((2,), 0.3)
+    cond = model.encode_prompts(PROMPTS)
+    assert torch.equal(model.velocity(x, t, cond), model.base_velocity(x, t, cond))  # B = 0
+    perturb_lora(model)
+    assert not torch.allclose(model.velocity(x, t, cond), model.base_velocity(x, t, cond))
+    model.decode(model.velocity(x, t, cond)).sum().backward()
+    with_grad = {n for n, p in model.transformer.named_parameters() if p.grad is not None}
+    assert with_grad and all("lora_" in n for n in with_grad)
+    assert all(p.dtype == torch.float32 for p in model.adapter().parameters() if p.requires_grad)
+
+
+def test_saved_lora_reproduces_our_samples_in_a_stock_pipeline(model, tiny_sd3, tmp_path):
+    from diffusers import StableDiffusion3Pipeline
+
+    perturb_lora(model)
+    model.save_adapter(tmp_path / "lora")
+    noise = seeded_noise(model, 5)
+    ours = our_latents(model, noise, 8, 5.0)
+    stock = StableDiffusion3Pipeline.from_pretrained(tiny_sd3["pipeline"], local_files_only=True,
+                                                     text_encoder_3=None, tokenizer_3=None)
+    without = pipeline_latents(stock, noise, 8, 5.0)
+    stock.load_lora_weights(tmp_path / "lora")
+    with_lora = pipeline_latents(stock, noise, 8, 5.0)
+    assert torch.allclose(ours, with_lora, atol=1e-5, rtol=0), (ours - with_lora).abs().max()
+    assert not torch.allclose(ours, without, atol=1e-4)
+    # and our own loader restores it into a fresh model
+    fresh = SD3FlowModel(tiny_sd3["pipeline"], SETTINGS, 4, 4, "cpu", tiny_sd3["tiny_vae"])
+    fresh.load_adapter(tmp_path / "lora")
+    assert torch.allclose(our_latents(fresh, noise, 8, 5.0), ours, atol=1e-6, rtol=0)
+
+
+def test_decoders_give_images_in_the_unit_range(model):
+    latents = torch.randn(2, *model.sample_shape)
+    for images in (model.decode(latents), model.decode_for_evaluation(latents)):
+        assert images.shape == (2, 3, TINY_RESOLUTION, TINY_RESOLUTION)
+        assert images.min() >= 0 and images.max() <= 1
+
+
+def test_bad_pipeline_directories_name_the_problem(tiny_sd3, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no model_index.json.*fetch_sd3_resources"):
+        check_pipeline_dir(tmp_path / "nothing")
+    incomplete = shutil.copytree(tiny_sd3["pipeline"], tmp_path / "incomplete")
+    shutil.rmtree(incomplete / "vae")
+    with pytest.raises(FileNotFoundError, match="incomplete: no vae"):
+        SD3FlowModel(incomplete, SETTINGS, 4, 4)
+    wrong = shutil.copytree(tiny_sd3["pipeline"], tmp_path / "wrong")
+    index = json.loads((wrong / "model_index.json").read_text())
+    (wrong / "model_index.json").write_text(json.dumps({**index,
+                                                        "_class_name": "FluxPipeline"}))
+    with pytest.raises(ValueError, match="holds a FluxPipeline"):
+        check_pipeline_dir(wrong)
+    with pytest.raises(ValueError, match="unknown SD3 model setting"):
+        SD3FlowModel(tiny_sd3["pipeline"], {**SETTINGS, "resolutoin": 64}, 4, 4)
+
+
+@pytest.mark.parametrize("method", ["vggflow", "vggflow_pmp", "adjoint_matching", "refl", "draft",
+                                    "draft_lv"])
+def test_one_update_of_every_method_on_tiny_sd3(tiny_sd3, tmp_path, method):
+    from vggflow.config import RunConfig, load_yaml, resolve_run_config
+    from vggflow.train import Trainer, trainable_parameters
+
+    config = yaml.safe_load((REPO / ".test/config_tiny_sd3/config.yaml").read_text())
+    config["resources"]["tiny-sd3"] = {**tiny_sd3, "prompts": {"pickscore": tiny_sd3["prompts"]}}
+    config["train"] = {**config["train"], "max_steps": 1}
+    resolved = resolve_run_config(config, load_yaml(REPO / f"config/methods/{method}.yaml"),
+                                  "pickscore", method, 0)
+    trainer = Trainer(RunConfig.from_mapping(resolved), tmp_path / "state", threads=2)
+    before = {name: {k: v.detach().clone() for k, v in trainable_parameters(m).items()}
+              for name, m in trainer.modules.items()}
+    row = trainer.update()
+    assert all(torch.isfinite(torch.tensor(v)) for v in row.values()), row
+    for name, module in trainer.modules.items():
+        after = trainable_parameters(module)
+        changed = [k for k, v in after.items() if not torch.equal(v, before[name][k])]
+        assert changed, f"{method}: no parameter of {name} changed in one update"
+    lora = {k for k in trainable_parameters(trainer.model.adapter())}
+    assert lora and all("lora_" in k for k in lora)

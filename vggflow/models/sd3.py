@@ -1,0 +1,228 @@
+"""Stable Diffusion 3 behind the flow-model protocol (the ``sd3`` and ``tiny-sd3`` suites).
+
+diffusers components are loaded from a local diffusers-format directory (``local_files_only``):
+the transformer in ``settings["dtype"]`` (bf16 for the paper's runs, fp32 in the CPU tests) with a
+peft LoRA on ``to_q``, ``to_k``, ``to_v``, ``to_out.0`` whose weights stay in fp32, the VAE and
+rewards in fp32.
+
+Conventions, converted here and nowhere else (:mod:`vggflow.timegrid`): SD3 integrates in
+sigma = 1 - t from sigma = 1 (noise) to 0 and predicts dx/dsigma = noise - data; the paper's
+velocity is its negative. The time grid is the SD3 scheduler's shifted sigmas for the configured
+number of steps, so a 20-step rollout visits the sigmas diffusers' own sampler visits.
+
+The condition tensor packs SD3's two text inputs into one (B, L + 1, D) tensor so that the
+samplers and methods can treat it like any other: rows 0..L-1 are the token embeddings (CLIP-L,
+CLIP-G and T5, as ``StableDiffusion3Pipeline.encode_prompt`` makes them), row L holds the pooled
+CLIP embedding (P <= D entries, zero padded).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from vggflow.timegrid import sigma_from_time, velocity_from_sigma_convention
+
+LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
+PIPELINE_PARTS = ("scheduler", "transformer", "vae", "text_encoder", "tokenizer",
+                  "text_encoder_2", "tokenizer_2")
+FETCH_HINT = ("the SD3 files are fetched by `snakemake fetch_sd3_resources --cores 1 "
+              "--configfile config/paper.yaml` (tiny-sd3: made by the rule make_tiny_sd3)")
+DEFAULT_SETTINGS = {
+    "resolution": 1024,            # image side in pixels; latents are resolution / 8
+    "dtype": "bfloat16",           # the transformer's and text encoders' weights
+    "text_encoder_3": True,        # False: run without T5 (its embeddings become zeros)
+    "max_sequence_length": 256,    # T5 tokens
+    "train_decoder": "tiny",       # reward-gradient decoder: "tiny" (taesd3) or "full" VAE
+    "gradient_checkpointing": False,
+}
+
+
+def check_pipeline_dir(path: str | Path) -> Path:
+    """``path`` if it is a diffusers StableDiffusion3Pipeline directory with every part we load;
+    else a FileNotFoundError / ValueError that names the path and the problem."""
+    path = Path(path)
+    index = path / "model_index.json"
+    if not index.is_file():
+        raise FileNotFoundError(f"SD3 pipeline directory {path} is missing or has no "
+                                f"model_index.json; {FETCH_HINT}")
+    kind = json.loads(index.read_text()).get("_class_name")
+    if kind != "StableDiffusion3Pipeline":
+        raise ValueError(f"{path} holds a {kind} (model_index.json), not a "
+                         f"StableDiffusion3Pipeline; point resources.*.pipeline at SD3 medium "
+                         "in diffusers format")
+    missing = [part for part in PIPELINE_PARTS if not (path / part).is_dir()]
+    if missing:
+        raise FileNotFoundError(f"SD3 pipeline directory {path} is incomplete: no "
+                                f"{', '.join(missing)}; {FETCH_HINT}")
+    return path
+
+
+def pack_condition(prompt_embeds: Tensor, pooled: Tensor) -> Tensor:
+    """(B, L, D) token embeddings and (B, P) pooled embeddings -> (B, L + 1, D), P <= D."""
+    width = prompt_embeds.shape[-1]
+    if pooled.shape[-1] > width:
+        raise ValueError(f"pooled width {pooled.shape[-1]} exceeds the token width {width}")
+    row = torch.nn.functional.pad(pooled, (0, width - pooled.shape[-1]))
+    return torch.cat([prompt_embeds, row[:, None]], dim=1)
+
+
+def unpack_condition(cond: Tensor, pooled_width: int) -> tuple[Tensor, Tensor]:
+    return cond[:, :-1], cond[:, -1, :pooled_width]
+
+
+def decode_latents(vae: nn.Module, latents: Tensor) -> Tensor:
+    """SD3 latents to [0, 1] images with ``vae`` (AutoencoderKL or AutoencoderTiny): undo the
+    latent scaling and shift, decode in fp32, map [-1, 1] to [0, 1] with a hard clamp."""
+    scale = getattr(vae.config, "scaling_factor", 1.0) or 1.0
+    shift = getattr(vae.config, "shift_factor", 0.0) or 0.0
+    images = vae.decode(latents.float() / scale + shift, return_dict=False)[0]
+    return (images / 2 + 0.5).clamp(0, 1)
+
+
+class SD3FlowModel:
+    """SD3 (medium, or a tiny test model of the same classes) with a LoRA; implements
+    ``FlowModel`` in the paper's time convention."""
+
+    def __init__(self, pipeline_dir: str | Path, settings: Mapping, lora_rank: int,
+                 lora_alpha: float, device: str = "cpu",
+                 tiny_vae_dir: str | Path | None = None) -> None:
+        from diffusers import AutoencoderTiny, StableDiffusion3Pipeline
+        from peft import LoraConfig
+
+        self.settings = {**DEFAULT_SETTINGS, **settings}
+        unknown = sorted(set(self.settings) - set(DEFAULT_SETTINGS))
+        if unknown:
+            raise ValueError(f"unknown SD3 model setting(s) {', '.join(unknown)}; known: "
+                             f"{', '.join(DEFAULT_SETTINGS)}")
+        self.device = torch.device(device)
+        self.dtype = getattr(torch, self.settings["dtype"])
+        path = check_pipeline_dir(pipeline_dir)
+        extra = {} if self.settings["text_encoder_3"] else {"text_encoder_3": None,
+                                                             "tokenizer_3": None}
+        pipe = StableDiffusion3Pipeline.from_pretrained(path, dtype=self.dtype,
+                                                        local_files_only=True, **extra)
+        pipe.vae.to(torch.float32)
+        self.pipe = pipe.to(self.device)
+        self.transformer = pipe.transformer.requires_grad_(False)
+        for part in (pipe.vae, pipe.text_encoder, pipe.text_encoder_2, pipe.text_encoder_3):
+            if part is not None:
+                part.requires_grad_(False).eval()
+        self.transformer.add_adapter(LoraConfig(
+            r=lora_rank, lora_alpha=lora_alpha, init_lora_weights="gaussian",
+            target_modules=list(LORA_TARGETS)))
+        for param in self.transformer.parameters():
+            if param.requires_grad:
+                param.data = param.data.float()
+        if self.settings["gradient_checkpointing"]:
+            self.transformer.enable_gradient_checkpointing()
+        self.train_vae = pipe.vae
+        if self.settings["train_decoder"] == "tiny":
+            if tiny_vae_dir is None:
+                raise ValueError("model.train_decoder is 'tiny' but resources has no tiny_vae")
+            self.train_vae = AutoencoderTiny.from_pretrained(
+                tiny_vae_dir, dtype=torch.float32, local_files_only=True
+            ).requires_grad_(False).eval().to(self.device)
+        elif self.settings["train_decoder"] != "full":
+            raise ValueError(f"model.train_decoder must be 'tiny' or 'full', got "
+                             f"{self.settings['train_decoder']!r}")
+        latent_side, rest = divmod(self.settings["resolution"], pipe.vae_scale_factor)
+        if rest:
+            raise ValueError(f"model.resolution {self.settings['resolution']} is not a multiple "
+                             f"of the VAE's factor {pipe.vae_scale_factor}")
+        self.sample_shape = (self.transformer.config.in_channels, latent_side, latent_side)
+        self.pooled_width = self.transformer.config.pooled_projection_dim
+        self._embeddings: dict[str, Tensor] = {}
+
+    # ------------------------------------------------------------------------- conditions
+
+    def encode_prompts(self, prompts: Sequence[str]) -> Tensor:
+        """Packed conditions (B, L + 1, D), computed once per prompt and kept on the CPU."""
+        new = [p for p in dict.fromkeys(prompts) if p not in self._embeddings]
+        if new:
+            with torch.no_grad():
+                embeds, _, pooled, _ = self.pipe.encode_prompt(
+                    new, new, new, device=self.device, do_classifier_free_guidance=False,
+                    max_sequence_length=self.settings["max_sequence_length"])
+            for prompt, row in zip(new, pack_condition(embeds, pooled).cpu()):
+                self._embeddings[prompt] = row
+        return torch.stack([self._embeddings[p] for p in prompts]).to(self.device)
+
+    def null_condition(self, batch_size: int) -> Tensor:
+        """The empty prompt's condition, as the SD3 pipeline's default negative prompt."""
+        return self.encode_prompts([""] * batch_size)
+
+    # ------------------------------------------------------------------------- dynamics
+
+    def time_grid(self, num_steps: int) -> Tensor:
+        """t_i = 1 - sigma_i of the SD3 scheduler's ``num_steps`` shifted sigmas, then t = 1."""
+        scheduler = type(self.pipe.scheduler).from_config(self.pipe.scheduler.config)
+        scheduler.set_timesteps(num_steps)
+        return (1.0 - scheduler.sigmas.double()).float().to(self.device)
+
+    def _velocity(self, x: Tensor, t: Tensor, cond: Tensor) -> Tensor:
+        embeds, pooled = unpack_condition(cond, self.pooled_width)
+        sigma_steps = 1000.0 * sigma_from_time(t.double()).float()
+        v_sigma = self.transformer(
+            hidden_states=x.to(self.dtype), timestep=sigma_steps.expand(x.shape[0]),
+            encoder_hidden_states=embeds.to(self.dtype), pooled_projections=pooled.to(self.dtype),
+            return_dict=False)[0]
+        return velocity_from_sigma_convention(v_sigma.to(x.dtype))
+
+    def velocity(self, x: Tensor, t: Tensor, cond: Tensor) -> Tensor:
+        return self._velocity(x, t, cond)
+
+    def base_velocity(self, x: Tensor, t: Tensor, cond: Tensor) -> Tensor:
+        with self._adapter_off():
+            return self._velocity(x, t, cond)
+
+    @contextlib.contextmanager
+    def _adapter_off(self):
+        self.transformer.disable_adapters()
+        try:
+            yield
+        finally:
+            self.transformer.enable_adapters()
+
+    # ------------------------------------------------------------------------- images
+
+    def decode(self, x: Tensor) -> Tensor:
+        """Training-time images in [0, 1], differentiable (taesd3 or the full VAE, by config)."""
+        return decode_latents(self.train_vae, x)
+
+    def decode_for_evaluation(self, x: Tensor) -> Tensor:
+        """Evaluation images in [0, 1] from the full SD3 VAE."""
+        return decode_latents(self.pipe.vae, x)
+
+    # ------------------------------------------------------------------------- adapter
+
+    def adapter(self) -> nn.Module:
+        return self.transformer
+
+    def save_adapter(self, directory: str | Path) -> None:
+        """diffusers-format LoRA: ``StableDiffusion3Pipeline.load_lora_weights(directory)``."""
+        from diffusers import StableDiffusion3Pipeline
+        from peft.utils import get_peft_model_state_dict
+
+        StableDiffusion3Pipeline.save_lora_weights(
+            directory, transformer_lora_layers=get_peft_model_state_dict(self.transformer))
+
+    def load_adapter(self, directory: str | Path) -> None:
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        weights = Path(directory) / LORA_WEIGHTS
+        if not weights.is_file():
+            raise FileNotFoundError(f"no LoRA weights {weights}")
+        state = {key.removeprefix("transformer."): value
+                 for key, value in load_file(str(weights)).items()}
+        result = set_peft_model_state_dict(self.transformer, state)
+        if result.unexpected_keys:
+            raise ValueError(f"{weights} does not fit this SD3 transformer: unexpected keys "
+                             f"{result.unexpected_keys[:3]}")
