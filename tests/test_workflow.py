@@ -274,3 +274,14 @@ def test_tiny_sd3_workflow_trains_samples_and_evaluates(tmp_path):
         lora = tmp_path / f"results/runs/{run}/seed0/lora/step2/pytorch_lora_weights.safetensors"
         assert lora.is_file()
     assert (tmp_path / "results/tables/summary.csv").is_file()
+    # the documented inference path: a run's config and one of its LoRAs -> a PNG grid
+    from conftest import run_cli
+    from PIL import Image
+
+    run = "results/runs/aesthetic/vggflow/seed0"
+    sample = run_cli("sample", "--config", f"{run}/config.yaml", "--lora", f"{run}/lora/step2",
+                     "--prompt", "a cat", "--prompt", "a dog", "--images-per-prompt", "3",
+                     "--out", "grid.png", cwd=tmp_path)
+    assert sample.returncode == 0, sample.stderr[-3000:]
+    width, height = Image.open(tmp_path / "grid.png").size
+    assert width > 3 * 32 and 2 * 32 < height < 3 * 32  # 3 columns, 2 rows of 32 px images

@@ -103,6 +103,32 @@ def cmd_sample_base(args) -> None:
     print(f"base samples: {len(prompts)} prompts x {cfg.eval.images_per_prompt} -> {args.out}")
 
 
+def cmd_sample(args) -> None:
+    """Images of a finetuned run (its exported LoRA) or of the base model, as a PNG grid."""
+    _threads(args)
+    from torchvision.utils import save_image
+
+    from vggflow.config import RunConfig
+    from vggflow.sampling import sample_images
+    from vggflow.train import build_suite, resolve_device
+
+    cfg = RunConfig.load(args.config)
+    suite = build_suite(cfg, resolve_device(cfg.train.device))
+    model = suite.flow_model
+    if args.lora:
+        model.load_adapter(args.lora)
+    prompts = args.prompt or suite.eval_prompts()
+    velocity = model.velocity if args.lora else model.base_velocity
+    images = sample_images(velocity, model, prompts, args.images_per_prompt,
+                           cfg.sampler.num_steps, cfg.sampler.guidance_scale,
+                           cfg.eval.seed if args.seed is None else args.seed,
+                           chunk_size=cfg.train.micro_batch_size)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    # one row per prompt
+    save_image(images.flatten(0, 1), args.out, nrow=args.images_per_prompt)
+    print(f"{len(prompts)} prompts x {args.images_per_prompt} images -> {args.out}")
+
+
 def cmd_train(args) -> int:
     from vggflow.config import RunConfig
     from vggflow.train import INTERRUPTED_EXIT_CODE, Interrupted, Outputs, Trainer, write_provenance
@@ -251,6 +277,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("sample-base", cmd_sample_base, "evaluation samples of the base model")
     p.add_argument("--config", required=True, help="base-sample config written by the workflow")
     p.add_argument("--out", required=True)
+
+    p = command("sample", cmd_sample,
+                "images of a finetuned LoRA (or the base model) for prompts, as a PNG grid")
+    p.add_argument("--config", required=True,
+                   help="a run's config (results/runs/<reward>/<method>/seed<k>/config.yaml)")
+    p.add_argument("--lora", help="a LoRA folder (results/runs/.../lora/step<k>); default: the "
+                                  "base model")
+    p.add_argument("--prompt", action="append",
+                   help="a prompt (repeatable); default: the run's evaluation prompts")
+    p.add_argument("--images-per-prompt", type=int, default=4)
+    p.add_argument("--seed", type=int, default=None, help="noise seed (default: eval.seed)")
+    p.add_argument("--out", required=True, help="PNG file: one row per prompt")
 
     p = command("train", cmd_train, "finetune one run (resumes from --state-dir)")
     p.add_argument("--config", required=True, help="the run's resolved config.yaml")

@@ -89,20 +89,21 @@ def _check_exists(path: Path, what: str) -> None:
         raise FileNotFoundError(f"{what} not found at {path}; {FETCH_HINT}")
 
 
-def _check_file(path: str | Path, what: str) -> Path:
+def _check_kind(path: str | Path, what: str, directory: bool) -> Path:
     path = Path(path)
     _check_exists(path, what)
-    if not path.is_file():
-        raise ValueError(f"{path} is not a file; expected {what}; {FETCH_HINT}")
+    if path.is_dir() != directory:
+        kind = "a directory" if directory else "a file"
+        raise ValueError(f"{path} is not {kind}; expected {what}; {FETCH_HINT}")
     return path
+
+
+def _check_file(path: str | Path, what: str) -> Path:
+    return _check_kind(path, what, directory=False)
 
 
 def _check_dir(path: str | Path, what: str) -> Path:
-    path = Path(path)
-    _check_exists(path, what)
-    if not path.is_dir():
-        raise ValueError(f"{path} is not a directory; expected {what}; {FETCH_HINT}")
-    return path
+    return _check_kind(path, what, directory=True)
 
 
 def _check_clip_dir(path: str | Path, what: str) -> Path:
