@@ -43,3 +43,37 @@ def test_diversity_is_half_mean_pairwise_distance_of_normalised_features():
     assert diversity(np.repeat(x[:1], 5, axis=0)) == pytest.approx(0.0, abs=1e-12)
     with pytest.raises(ValueError):
         diversity(x[:1])
+
+
+def test_fd_of_a_scaled_copy_has_its_closed_form_with_fewer_samples_than_dimensions():
+    # b = s a: mean s m, covariance s^2 C, so FD = (1 - s)^2 (|m|^2 + tr C), C of rank < d
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(16, 100)) + 0.5
+    mean, cov = a.mean(0), np.cov(a, rowvar=False)
+    for scale in (0.5, 2.0):
+        expected = (1 - scale) ** 2 * (mean @ mean + np.trace(cov))
+        assert frechet_distance(a, scale * a) == pytest.approx(expected, rel=1e-6)
+
+
+def test_step_metrics_identical_images_and_collapse():
+    import torch
+
+    from vggflow.metrics.evaluate import step_metrics
+
+    torch.manual_seed(0)
+    varied = torch.rand(2, 16, 3, 4, 4)  # (prompts, images, C, H, W)
+    collapsed = varied.mean(1, keepdim=True).expand_as(varied).clone()
+    halfway = 0.5 * (varied + collapsed)
+    extractors = {"pixels": lambda images: images.flatten(1),
+                  "halfpixels": lambda images: images.flatten(1)[:, :24]}
+
+    def metrics(images):
+        return step_metrics(images, varied, ["a", "b"], {}, extractors, lambda prompt: None)
+
+    same = metrics(varied)
+    assert same["fd_prior_pixels"] == pytest.approx(0.0, abs=1e-8)
+    assert set(same) == {"diversity_pixels", "fd_prior_pixels", "diversity_halfpixels",
+                         "fd_prior_halfpixels"}
+    assert metrics(collapsed)["diversity_pixels"] == pytest.approx(0.0, abs=1e-12)
+    assert 0 < metrics(halfway)["diversity_pixels"] < same["diversity_pixels"]
+    assert metrics(halfway)["fd_prior_pixels"] > 0

@@ -152,3 +152,40 @@ def test_one_update_of_every_method_on_tiny_sd3(tiny_sd3, tmp_path, method):
         assert changed, f"{method}: no parameter of {name} changed in one update"
     lora = {k for k in trainable_parameters(trainer.model.adapter())}
     assert lora and all("lora_" in k for k in lora)
+
+
+def test_feature_networks_of_the_sd3_suites(tiny_sd3, tmp_path, monkeypatch):
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    from vggflow.metrics.features import ClipFeatures, InceptionFeatures
+
+    images = torch.rand(3, 3, 32, 32)
+    clip = ClipFeatures(tiny_sd3["rewards"]["aesthetic"]["clip"])
+    assert clip(images).shape == (3, 32)  # the tiny CLIP's projection width
+    with pytest.raises(FileNotFoundError, match="FID Inception weights not found at"):
+        InceptionFeatures(str(tmp_path / "missing.pth"))
+    # a random-weight file in the FID Inception format loads through the real code path
+    with monkeypatch.context() as patch:
+        patch.setattr(torch, "load", lambda *args, **kwargs: {})
+        patch.setattr(FeatureExtractorInceptionV3, "load_state_dict", lambda self, state: None)
+        random_net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
+                                                 feature_extractor_weights_path="unused.pth")
+    torch.save(random_net.state_dict(), tmp_path / "inception.pth")
+    features = InceptionFeatures(str(tmp_path / "inception.pth"))(images)
+    assert features.shape == (3, 2048) and torch.isfinite(features).all()
+
+
+def test_feature_backends_with_missing_weights_stop_unless_the_fallback_is_chosen(tmp_path):
+    from vggflow.config import ConfigError, resolve_feature_backends
+
+    clip_dir = tmp_path / "clip"
+    clip_dir.mkdir()
+    resources = {"rewards": {"aesthetic": {"clip": str(clip_dir)}},
+                 "features": {"inception": str(tmp_path / "inception.pth")}}
+    asked = {"features": ["clip", "inception"]}
+    with pytest.raises(ConfigError, match="inception.pth are missing.*feature_fallback: lite0"):
+        resolve_feature_backends(asked, resources)
+    with_fallback = {**asked, "feature_fallback": "lite0"}
+    assert resolve_feature_backends(with_fallback, resources) == ["clip", "lite0"]
+    (tmp_path / "inception.pth").write_bytes(b"")
+    assert resolve_feature_backends(asked, resources) == ["clip", "inception"]

@@ -150,7 +150,11 @@ def test_tiny_workflow_runs_end_to_end():
                  "results/figures/convergence_thickness.png", "results/metrics/all.csv",
                  "results/runs/margin/vggflow/seed0/provenance.json",
                  "results/runs/margin/vggflow/seed0/lora/step4/adapter_model.safetensors",
-                 "benchmarks/train/margin/vggflow/seed0.tsv", "logs/train/margin/refl/seed0.log"):
+                 "benchmarks/train/margin/vggflow/seed0.tsv", "logs/train/margin/refl/seed0.log",
+                 "results/tables/table1_last.tex", "results/tables/table1_updates.md",
+                 "results/tables/table1_gpu_hours.csv", "results/tables/selected_checkpoints.csv",
+                 "results/figures/wallclock_margin.pdf", "results/figures/pareto_thickness.png",
+                 "results/figures/grid_margin.png", "results/figures/evolution_margin/refl.png"):
         assert (workdir / path).exists(), path
     metrics = pd.read_csv(workdir / "results/metrics/all.csv")
     assert set(metrics["method"]) == {"vggflow", "refl", "draft", "adjoint_matching"}
@@ -170,6 +174,41 @@ def test_tiny_workflow_runs_end_to_end():
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
 
 
+def console_problems(html: Path) -> list[str]:
+    """Console messages of a page loaded in headless Chromium that report an error."""
+    result = subprocess.run(
+        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr",
+         "--v=0", "--virtual-time-budget=10000", "--dump-dom", html.as_uri()],
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and len(result.stdout) > 1000, result.stderr[-2000:]
+    return [line for line in result.stderr.splitlines() if "CONSOLE" in line
+            and any(word in line for word in ("Uncaught", "Error", "error", "Failed"))]
+
+
+def test_the_html_report_loads_in_a_browser_without_console_errors(tmp_path):
+    """snakemake --report on the finished .test run (test_tiny_workflow_runs_end_to_end), opened
+    in headless Chromium (scripts/ci installs Debian's chromium; required when CI=true)."""
+    import base64
+
+    if shutil.which("chromium") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI=true but chromium is missing; .ci/run installs it")
+        pytest.skip("no chromium (apt-get install chromium)")
+    if not (REPO / ".test/results/tables/summary.csv").exists():
+        pytest.skip("needs the finished .test run of test_tiny_workflow_runs_end_to_end")
+    broken = tmp_path / "broken.html"  # the check itself can fail
+    broken.write_text("<html><body>" + "<p>x</p>" * 200
+                      + "<script>missingFunction();</script></body></html>")
+    assert console_problems(broken)
+    report = REPO / ".test/results/report.html"
+    result = snakemake("--directory", ".test", "--report", "results/report.html", "--cores", "1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert console_problems(report) == []
+    # the report is a JavaScript application: check the convergence figure's bytes in the file
+    figure = REPO / ".test/results/figures/convergence_margin.png"
+    assert base64.b64encode(figure.read_bytes()).decode() in report.read_text()
+
+
 def test_single_seed_reruns_plan_only_what_they_name(tmp_path):
     """The README's re-run commands, checked by their dry-run job lists on the finished .test run
     (run after test_tiny_workflow_runs_end_to_end)."""
@@ -179,14 +218,15 @@ def test_single_seed_reruns_plan_only_what_they_name(tmp_path):
     # retrain one (reward, method, seed) and nothing else
     assert planned_jobs("--directory", ".test", run, "--forcerun", "train") == {"train": 1}
     # retrain it and redo only what depends on it: its metrics, then the tables and figures
+    analysis = {"collect_times", "make_tables", "make_compute_table", "make_paper_tables",
+                "select_checkpoints", "plot_convergence", "plot_wallclock", "plot_pareto",
+                "plot_sample_evolution", "plot_method_grid"}
     downstream = planned_jobs("--directory", ".test", "-R", run)
     assert downstream["train"] == 1 and downstream["metrics"] == 1
-    assert set(downstream) == {"train", "metrics", "collect_metrics", "make_tables",
-                               "plot_convergence", "make_compute_table", "all"}
-    # regenerate the tables and figures only
-    figures = planned_jobs("--directory", ".test", "figures", "--forcerun", "make_tables",
-                           "plot_convergence")
-    assert set(figures) == {"make_tables", "plot_convergence", "figures"}
+    assert set(downstream) == {"train", "metrics", "collect_metrics", "all"} | analysis
+    # regenerate every table and figure from the existing metrics: no training or sampling
+    figures = planned_jobs("--directory", ".test", "figures", "--forcerun", *sorted(analysis))
+    assert set(figures) == analysis | {"figures"}
     # editing one method's hyperparameters reruns that method's runs only
     methods = tmp_path / "methods"
     shutil.copytree(REPO / "config/methods", methods)
@@ -285,3 +325,20 @@ def test_tiny_sd3_workflow_trains_samples_and_evaluates(tmp_path):
     assert sample.returncode == 0, sample.stderr[-3000:]
     width, height = Image.open(tmp_path / "grid.png").size
     assert width > 3 * 32 and 2 * 32 < height < 3 * 32  # 3 columns, 2 rows of 32 px images
+
+
+@pytest.mark.parametrize("fallback", [None, "lite0"])
+def test_a_feature_network_without_weights_stops_the_workflow_unless_the_fallback_is_chosen(
+        tmp_path, fallback):
+    config = yaml.safe_load((REPO / ".test/config_tiny_sd3/config.yaml").read_text())
+    config["eval"].update(features=["inception"], feature_fallback=fallback)
+    config["resources"]["tiny-sd3"]["features"] = {"inception": "resources/no/inception.pth"}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake("-n", "--directory", str(tmp_path), "--snakefile", str(REPO / "Snakefile"),
+                       "--configfile", str(tmp_path / "config.yaml"), "--cores", "1")
+    if fallback is None:
+        assert result.returncode != 0
+        assert "resources/no/inception.pth are missing" in result.stdout + result.stderr
+    else:
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "train" in result.stdout

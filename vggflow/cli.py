@@ -177,11 +177,11 @@ def cmd_metrics(args) -> None:
     if list(samples["prompts"]) != list(base["prompts"]):
         raise ValueError("run and base samples use different prompts")
     rewards = {name: suite.reward(name) for name in cfg.rewards}
+    extractors = suite.feature_extractors(cfg.eval.features)
     rows = []
     for step, images in zip(samples["steps"], samples["images"]):
         values = step_metrics(images, base["images"][0], samples["prompts"], rewards,
-                              suite.features, suite.feature_backend, suite.reference_images,
-                              suite.extra_metrics)
+                              extractors, suite.reference_images, suite.extra_metrics)
         rows += [{"reward": cfg.reward, "method": cfg.method["name"], "seed": cfg.seed,
                   "step": step, "metric": k, "value": v} for k, v in values.items()]
         print(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in values.items()), flush=True)

@@ -109,7 +109,57 @@ def resolve_run_config(
     }
     for block in SHARED_BLOCKS:
         resolved[block] = copy.deepcopy(dict(config[block]))
-    return sorted_keys({**resolved, **suite_blocks(config, reward)})
+    blocks = suite_blocks(config, reward)
+    if "features" in resolved["eval"]:
+        resolved["eval"]["features"] = resolve_feature_backends(resolved["eval"],
+                                                                blocks["resources"])
+    return sorted_keys({**resolved, **blocks})
+
+
+# Feature backends whose weights are files named in resources.<suite>.features.<backend>
+# (clip defaults to the Aesthetic reward's CLIP ViT-L/14); the others ship with a package or
+# the suite.
+WEIGHTED_BACKENDS = ("clip", "inception", "dreamsim")
+FALLBACK_BACKENDS = ("lite0",)
+
+
+def feature_weights_path(backend: str, resources: Mapping) -> str | None:
+    """The weights file or folder of a feature backend, None for one that needs none."""
+    if backend not in WEIGHTED_BACKENDS:
+        return None
+    path = (resources.get("features") or {}).get(backend)
+    if path is None and backend == "clip":
+        path = ((resources.get("rewards") or {}).get("aesthetic") or {}).get("clip")
+    if path is None:
+        raise ConfigError(f"eval.features asks for {backend!r} but the suite's resources name no "
+                          f"file for it; add resources.<suite>.features.{backend}")
+    return str(path)
+
+
+def resolve_feature_backends(eval_block: Mapping, resources: Mapping) -> list[str]:
+    """The backends a run's metrics will use: ``eval.features`` whose weights are present; a
+    missing one is a ConfigError naming the file, unless ``eval.feature_fallback`` (lite0)
+    explicitly replaces it."""
+    fallback = eval_block.get("feature_fallback")
+    if fallback is not None and fallback not in FALLBACK_BACKENDS:
+        raise ConfigError(f"eval.feature_fallback must be one of {', '.join(FALLBACK_BACKENDS)} "
+                          f"or null, got {fallback!r}")
+    usable, replaced = [], []
+    for backend in eval_block.get("features") or ():
+        path = feature_weights_path(backend, resources)
+        if path is None or Path(path).exists():
+            usable.append(backend)
+        elif fallback is not None:
+            replaced.append(backend)
+        else:
+            raise ConfigError(
+                f"eval.features asks for {backend!r}, whose weights {path} are missing: fetch "
+                "them (snakemake fetch_sd3_resources --cores 1 --configfile <this config>), or "
+                "set eval.feature_fallback: lite0 to use EfficientNet-Lite0 features instead "
+                "(not comparable with published numbers)")
+    if replaced and fallback not in usable:
+        usable.append(fallback)
+    return usable
 
 
 def sweep_grid(sweep: Mapping, method: str, reward: str) -> dict[str, list]:
@@ -321,10 +371,14 @@ class SamplerConfig:
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
-    """Evaluation samples: fixed seed shared by all runs, images per prompt."""
+    """Evaluation samples: fixed seed shared by all runs, images per prompt; the feature networks
+    of the metrics (``features``: backend names, () = the suite's own; in a resolved config the
+    backends that will run, :func:`resolve_feature_backends`)."""
 
     seed: int = 1234
     images_per_prompt: int = 16
+    features: tuple[str, ...] = ()
+    feature_fallback: str | None = None
 
     def check(self, where: str) -> None:
         require(self.images_per_prompt >= 2, f"{where}.images_per_prompt", "must be >= 2")

@@ -141,6 +141,11 @@ SD3_SOURCES: dict[str, Source] = {
     "rewards.pickscore.model": HubSource(
         "yuvalkirstain/PickScore_v1", allow_patterns=_MODEL_FILES, weights="*.safetensors",
         licence="see model card (not verified)", approx_size="~3.9 GB"),
+    "features.inception": UrlSource(
+        "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
+        "weights-inception-2015-12-05-6726825d.pth",
+        licence="Apache-2.0 (torch-fidelity's port of TensorFlow's FID Inception-v3)",
+        approx_size="~92 MB"),
     "rewards.pickscore.processor": HubSource(
         "laion/CLIP-ViT-H-14-laion2B-s32B-b79K", allow_patterns=_PROCESSOR_FILES,
         licence="MIT", approx_size="~3 MB (processor and tokenizer files, no weights)"),
@@ -169,6 +174,7 @@ PROMPT_SOURCES: dict[str, Source] = {
 
 # Key paths of path-valued entries, in fetch order (small files first).
 _PATH_KEYS = ("rewards.aesthetic.mlp", "tiny_vae", "rewards.pickscore.processor",
+              "features.inception",
               "rewards.aesthetic.clip", "rewards.hpsv2.checkpoint", "rewards.pickscore.model",
               "pipeline")
 

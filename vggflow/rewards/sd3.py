@@ -176,6 +176,23 @@ def _embeds(output) -> Tensor:
     return output if torch.is_tensor(output) else output.pooler_output
 
 
+def clip_image_embeds(clip: nn.Module, images: Tensor) -> Tensor:
+    """Projected CLIP image embeddings (not normalised) of [0, 1] images: bicubic resize to the
+    model's image size (no antialias, as VGG-Flow), OpenAI mean/std."""
+    size = clip.config.vision_config.image_size
+    x = F.interpolate(images.float(), size=(size, size), mode="bicubic", align_corners=False)
+    return _embeds(clip.get_image_features(pixel_values=_normalize(x)))
+
+
+def load_clip(path: str | Path, what: str, device: str | torch.device = "cpu") -> nn.Module:
+    """A frozen fp32 transformers CLIPModel from a local checkpoint directory."""
+    from transformers import CLIPModel
+
+    path = _check_clip_dir(path, what)
+    return _freeze(CLIPModel.from_pretrained(path, dtype=torch.float32, local_files_only=True),
+                   device)
+
+
 class _TextCache:
     """L2-normalised text embeddings per prompt, computed once without gradients."""
 
@@ -247,13 +264,9 @@ class AestheticReward:
 
     def __init__(self, clip: str | Path, mlp: str | Path, device: str | torch.device = "cpu"
                  ) -> None:
-        from transformers import CLIPModel
-
-        clip = _check_clip_dir(clip, "the aesthetic CLIP model (openai/clip-vit-large-patch14)")
         self.mlp = _freeze(AestheticMLP.load(mlp), device)
-        self.clip = _freeze(CLIPModel.from_pretrained(clip, dtype=torch.float32,
-                                                      local_files_only=True), device)
-        self.image_size = self.clip.config.vision_config.image_size
+        self.clip = load_clip(clip, "the aesthetic CLIP model (openai/clip-vit-large-patch14)",
+                              device)
         embed_dim = self.clip.config.projection_dim
         if self.mlp.layers[0].in_features != embed_dim:
             raise ValueError(f"{mlp} takes {self.mlp.layers[0].in_features}-d embeddings but the "
@@ -262,10 +275,7 @@ class AestheticReward:
 
     def __call__(self, images: Tensor, prompts: Sequence[str] | None = None) -> Tensor:
         _check_batch(images, prompts)
-        x = images.to(device=self.device, dtype=torch.float32)
-        x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bicubic",
-                          align_corners=False)
-        embeds = _embeds(self.clip.get_image_features(pixel_values=_normalize(x)))
+        embeds = clip_image_embeds(self.clip, images.to(self.device))
         return self.mlp(F.normalize(embeds, dim=-1))[:, 0]
 
 

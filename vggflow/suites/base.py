@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from functools import cached_property
 from typing import Protocol, runtime_checkable
 
@@ -11,6 +11,8 @@ from torch import Tensor, nn
 from vggflow.models.base import FLOW_MODELS, FlowModel
 from vggflow.registry import Registry
 from vggflow.rewards.base import REWARDS, Reward
+
+FeatureFn = Callable[[Tensor], Tensor]
 
 
 @runtime_checkable
@@ -44,7 +46,12 @@ class Suite(Protocol):
         ...
 
     def features(self, images: Tensor) -> Tensor:
-        """(N, D) evaluation features of [0, 1] images; never a reward model's."""
+        """(N, D) evaluation features of [0, 1] images in the suite's default backend
+        (``feature_backend``); never a reward model's."""
+        ...
+
+    def feature_extractors(self, backends: Sequence[str] = ()) -> dict[str, FeatureFn]:
+        """Backend name -> feature function for the metrics; () = the suite's default."""
         ...
 
     def reference_images(self, prompt: str) -> Tensor | None:
@@ -75,6 +82,13 @@ class RegisteredSuite:
     def flow_model(self) -> FlowModel:
         return FLOW_MODELS.get(self.name)(self.resources, self.lora_rank, self.lora_alpha,
                                           self.device)
+
+    def feature_extractors(self, backends: Sequence[str] = ()) -> dict[str, FeatureFn]:
+        unknown = sorted(set(backends) - {self.feature_backend})
+        if unknown:
+            raise ValueError(f"suite {self.name} has no feature backend {', '.join(unknown)}; "
+                             f"it offers {self.feature_backend}")
+        return {self.feature_backend: self.features}
 
     def reward(self, name: str) -> Reward:
         if name not in self._rewards:

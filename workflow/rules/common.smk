@@ -112,6 +112,12 @@ RUNS = [
 ]
 DIGITS = CONFIG["digits"]
 RESOURCES = suite_resources(CONFIG)
+# Sample figures show the first training seed; Table 1 is written at three budgets (the last
+# update, matched updates, matched training time).
+FIRST_SEED = CONFIG["seeds"][0]
+BUDGETS = ("last", "updates", "gpu_hours")
+TABLE_FORMATS = ("csv", "md", "tex")
+SELECTION = CONFIG["selection"]
 # tiny-sd3: rule make_tiny_sd3 writes every file of the suite into the pipeline's parent folder,
 # with the resources block it wrote as resources.yaml (config paths must follow that layout).
 TINY_SD3_DIR = str(Path(RESOURCES["pipeline"]).parent) if SUITE == "tiny-sd3" else None
@@ -158,6 +164,7 @@ wildcard_constraints:
         )
     ),
     seed=r"\d+",
+    budget="|".join(BUDGETS),
 
 
 def run_config(wildcards):
@@ -207,8 +214,9 @@ def suite_files(wildcards=None):
     if SUITE == "tiny-sd3":
         return [TINY_SD3_MANIFEST]
     if SUITE == "sd3":
+        # feature weights: checked by resolve_feature_backends, which may fall back to lite0
         try:
-            check_resources(RESOURCES)
+            check_resources({k: v for k, v in RESOURCES.items() if k != "features"})
         except ConfigError as error:
             raise WorkflowError(str(error)) from None
     return []
@@ -262,14 +270,28 @@ def train_targets():
     ]
 
 
+def grid_samples(wildcards):
+    """The first seed's evaluation samples of every method trained on the reward."""
+    return [
+        f"results/runs/{wildcards.reward}/{method}/seed{FIRST_SEED}/samples.pt"
+        for method in CONFIG["methods"]
+    ]
+
+
 def table_targets():
     return [
         "results/tables/summary.csv",
         "results/tables/summary.md",
         "results/bench/methods.csv",
         "results/bench/methods.md",
+        "results/tables/selected_checkpoints.csv",
+        *(f"results/tables/table1_{budget}.{ext}" for budget in BUDGETS for ext in TABLE_FORMATS),
     ]
 
 
 def figure_targets():
-    return [f"results/figures/convergence_{reward}.png" for reward in CONFIG["rewards"]]
+    per_reward = ("convergence_{}.png", "wallclock_{}.png", "pareto_{}.png", "grid_{}.png")
+    return [
+        *(f"results/figures/{name.format(r)}" for name in per_reward for r in CONFIG["rewards"]),
+        *(f"results/figures/evolution_{reward}" for reward in CONFIG["rewards"]),
+    ]
