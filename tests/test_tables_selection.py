@@ -11,7 +11,6 @@ from vggflow.analysis.selection import (
     COLLAPSED,
     QUALIFIED,
     choose_metric,
-    describe_selection_rule,
     select_checkpoints,
 )
 from vggflow.analysis.tables import (
@@ -95,9 +94,6 @@ def test_metric_choice_prefers_dreamsim_and_inception_and_fails_clearly():
         select_checkpoints(metrics[~metrics["metric"].str.startswith("diversity_")], 0.8, None)
     with pytest.raises(ValueError, match="not in the metrics"):
         choose_metric(metrics, "fd_prior", "fd_prior_clip")
-    sentence = describe_selection_rule(0.8, 15.0)
-    assert "0.8 x the base model's" in sentence and "15" in sentence
-    assert "fd_prior" not in describe_selection_rule(0.8, None)
 
 
 def test_budget_last_and_matched_updates():

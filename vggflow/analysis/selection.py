@@ -43,15 +43,6 @@ def choose_metric(metrics: pd.DataFrame, family: str, name: str | None = None) -
                      f"(looked for {', '.join(preferred)})")
 
 
-def describe_selection_rule(min_diversity_ratio: float, max_fd_prior: float | None) -> str:
-    """The rule in one sentence, for captions."""
-    limits = f"diversity at least {min_diversity_ratio:g} x the base model's"
-    if max_fd_prior is not None:
-        limits += f" and prior distance (fd_prior) at most {max_fd_prior:g}"
-    return (f"Each run's checkpoint is the one with the highest trained reward among its evaluated "
-            f"updates with {limits}, or the base model (update 0) when every checkpoint collapsed.")
-
-
 def select_checkpoints(metrics: pd.DataFrame, min_diversity_ratio: float,
                        max_fd_prior: float | None, diversity_metric: str | None = None,
                        fd_metric: str | None = None) -> pd.DataFrame:
