@@ -98,9 +98,12 @@ def write_tables(data: pd.DataFrame, csv_path: str | Path, markdown_path: str | 
     to_markdown(table, markdown_path)
 
 
-def compute_table(logs: list[pd.DataFrame], runs: list[dict], gpus: int = 1) -> pd.DataFrame:
+def compute_table(logs: list[pd.DataFrame], runs: list[dict], gpus: int = 1,
+                  benchmarks: list[pd.DataFrame | None] | None = None) -> pd.DataFrame:
     """Per method: wall time per update, training GPU-hours per run and peak memory, from the
-    runs' training logs.
+    runs' training logs; with ``benchmarks`` (each train job's Snakemake ``benchmark:`` table, or
+    None where there is none) also the host figures of the whole job: ``job_wall_s`` (mean;
+    start-up, training, evaluation sampling and exports) and ``job_max_rss_mb`` (max).
 
     ``runs[i]`` names the reward, method and seed of ``logs[i]``. Time is training only
     (``elapsed_s`` at the last update / updates, evaluation sampling excluded); ``gpu_hours`` is a
@@ -109,19 +112,23 @@ def compute_table(logs: list[pd.DataFrame], runs: list[dict], gpus: int = 1) -> 
     on CPU, which includes the ~0.6 GB of the imported libraries).
     """
     rows = []
-    for log, run in zip(logs, runs):
+    for index, (log, run) in enumerate(zip(logs, runs)):
         last = log.iloc[-1]
+        job = benchmarks[index] if benchmarks is not None else None
         rows.append({**run, "updates": int(last["step"]),
                      "seconds_per_update": last["elapsed_s"] / last["step"],
                      "gpu_hours": last["elapsed_s"] * gpus / 3600,
-                     "peak_memory_mb": log["peak_memory_mb"].max()})
+                     "peak_memory_mb": log["peak_memory_mb"].max(),
+                     "job_wall_s": np.nan if job is None else float(job["s"].iloc[-1]),
+                     "job_max_rss_mb": np.nan if job is None else float(job["max_rss"].max())})
     data = pd.DataFrame(rows)
     table = (data.groupby("method")
              .agg(runs=("seed", "size"), updates=("updates", "max"),
                   seconds_per_update=("seconds_per_update", "mean"),
                   seconds_per_update_std=("seconds_per_update", "std"),
                   peak_memory_mb=("peak_memory_mb", "max"),
-                  gpu_hours=("gpu_hours", "mean"), gpu_hours_std=("gpu_hours", "std"))
+                  gpu_hours=("gpu_hours", "mean"), gpu_hours_std=("gpu_hours", "std"),
+                  job_wall_s=("job_wall_s", "mean"), job_max_rss_mb=("job_max_rss_mb", "max"))
              .reset_index())
     table = table.fillna({"seconds_per_update_std": 0.0, "gpu_hours_std": 0.0})
     return table.sort_values("method", key=method_rank)
@@ -131,12 +138,13 @@ def write_compute_table(table: pd.DataFrame, csv_path: str | Path,
                         markdown_path: str | Path) -> None:
     table.to_csv(csv_path, index=False)
     lines = ["| method | runs | updates | s / update (mean ± std) | peak memory (MB) "
-             "| GPU-hours / run (mean ± std) |",
-             "|---|---:|---:|---:|---:|---:|"]
+             "| GPU-hours / run (mean ± std) | job wall time (s) | job max RSS (MB) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for row in table.itertuples():
         lines.append(f"| {label(row.method)} | {row.runs} | {row.updates} | "
                      f"{row.seconds_per_update:.3f} ± {row.seconds_per_update_std:.3f} | "
-                     f"{row.peak_memory_mb:.0f} | {row.gpu_hours:.3g} ± {row.gpu_hours_std:.2g} |")
+                     f"{row.peak_memory_mb:.0f} | {row.gpu_hours:.3g} ± {row.gpu_hours_std:.2g} | "
+                     f"{row.job_wall_s:.1f} | {row.job_max_rss_mb:.0f} |")
     Path(markdown_path).write_text("\n".join(lines) + "\n")
 
 

@@ -270,6 +270,14 @@ def train_targets():
     ]
 
 
+def train_benchmarks():
+    """The train jobs' benchmark tables (not outputs: read where they exist)."""
+    return [
+        f"benchmarks/train/{run['reward']}/{run['method']}/seed{run['seed']}.tsv"
+        for run in RUNS
+    ]
+
+
 def grid_samples(wildcards):
     """The first seed's evaluation samples of every method trained on the reward."""
     return [

@@ -113,6 +113,7 @@ rule make_compute_table:
         "../envs/analysis.yaml"
     params:
         runs=RUNS,
+        benchmarks=train_benchmarks(),
     script:
         "../scripts/make_compute_table.py"
 
