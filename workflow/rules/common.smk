@@ -273,8 +273,7 @@ def train_targets():
 def train_benchmarks():
     """The train jobs' benchmark tables (not outputs: read where they exist)."""
     return [
-        f"benchmarks/train/{run['reward']}/{run['method']}/seed{run['seed']}.tsv"
-        for run in RUNS
+        f"benchmarks/train/{run['reward']}/{run['method']}/seed{run['seed']}.tsv" for run in RUNS
     ]
 
 
