@@ -306,7 +306,7 @@ def test_tiny_sd3_workflow_trains_samples_and_evaluates(tmp_path):
                        "--cores", "2")
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     metrics = pd.read_csv(tmp_path / "results/metrics/all.csv")
-    assert set(metrics["method"]) == {"base", "vggflow", "refl"}
+    assert set(metrics["method"]) == {"vggflow", "refl"}
     assert {"reward_aesthetic", "reward_pickscore", "diversity_lite0",
             "fd_prior_lite0"} <= set(metrics["metric"])
     assert metrics["value"].notna().all()

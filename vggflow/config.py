@@ -11,7 +11,7 @@ import dataclasses
 import itertools
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -93,10 +93,12 @@ def resolve_run_config(
     method: str,
     seed: int,
     overrides: Mapping | None = None,
+    generated: Sequence[str] = (),
 ) -> dict:
     """The one config file a run reads: shared blocks of the experiment config, the suite's
     resources, the method's hyperparameters (defaults, then per suite, then per reward, then
-    ``overrides``: an ablation's or sweep setting's), the seed. Keys are sorted.
+    ``overrides``: an ablation's or sweep setting's), the seed. Keys are sorted. ``generated``:
+    folders that workflow rules fill (their feature weights count as present).
     """
     suite = config["suite"]
     resolved: dict[str, Any] = {
@@ -111,8 +113,8 @@ def resolve_run_config(
         resolved[block] = copy.deepcopy(dict(config[block]))
     blocks = suite_blocks(config, reward)
     if "features" in resolved["eval"]:
-        resolved["eval"]["features"] = resolve_feature_backends(resolved["eval"],
-                                                                blocks["resources"])
+        resolved["eval"]["features"] = resolve_feature_backends(
+            resolved["eval"], blocks["resources"], generated)
     return sorted_keys({**resolved, **blocks})
 
 
@@ -136,10 +138,11 @@ def feature_weights_path(backend: str, resources: Mapping) -> str | None:
     return str(path)
 
 
-def resolve_feature_backends(eval_block: Mapping, resources: Mapping) -> list[str]:
-    """The backends a run's metrics will use: ``eval.features`` whose weights are present; a
-    missing one is a ConfigError naming the file, unless ``eval.feature_fallback`` (lite0)
-    explicitly replaces it."""
+def resolve_feature_backends(eval_block: Mapping, resources: Mapping,
+                             generated: Sequence[str] = ()) -> list[str]:
+    """The backends a run's metrics will use: ``eval.features`` whose weights are present (or lie
+    under a folder of ``generated``, which workflow rules fill); a missing one is a ConfigError
+    naming the file, unless ``eval.feature_fallback`` (lite0) explicitly replaces it."""
     fallback = eval_block.get("feature_fallback")
     if fallback is not None and fallback not in FALLBACK_BACKENDS:
         raise ConfigError(f"eval.feature_fallback must be one of {', '.join(FALLBACK_BACKENDS)} "
@@ -147,7 +150,8 @@ def resolve_feature_backends(eval_block: Mapping, resources: Mapping) -> list[st
     usable, replaced = [], []
     for backend in eval_block.get("features") or ():
         path = feature_weights_path(backend, resources)
-        if path is None or Path(path).exists():
+        made = path is not None and any(Path(path).is_relative_to(folder) for folder in generated)
+        if path is None or made or Path(path).exists():
             usable.append(backend)
         elif fallback is not None:
             replaced.append(backend)

@@ -181,6 +181,7 @@ def run_config(wildcards):
         method,
         int(wildcards.seed),
         VARIANTS[method][variant] if variant else None,
+        generated=[TINY_SD3_DIR] if TINY_SD3_DIR else [],
     )
 
 
@@ -297,8 +298,9 @@ def table_targets():
 
 
 def figure_targets():
-    per_reward = ("convergence_{}.png", "wallclock_{}.png", "pareto_{}.png", "grid_{}.png")
-    return [
-        *(f"results/figures/{name.format(r)}" for name in per_reward for r in CONFIG["rewards"]),
-        *(f"results/figures/evolution_{reward}" for reward in CONFIG["rewards"]),
-    ]
+    """Per reward: convergence, wall-clock and Pareto plots; sample grids and evolution strips
+    for image suites (toy2d's samples are points)."""
+    per_reward = ["convergence_{}.png", "wallclock_{}.png", "pareto_{}.png"]
+    if SUITE != "toy2d":
+        per_reward += ["grid_{}.png", "evolution_{}"]
+    return [f"results/figures/{name.format(r)}" for name in per_reward for r in CONFIG["rewards"]]
