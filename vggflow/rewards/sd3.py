@@ -341,14 +341,12 @@ class PickScoreReward:
 
     def __init__(self, model: str | Path, processor: str | Path,
                  device: str | torch.device = "cpu") -> None:
-        from transformers import CLIPModel, CLIPTokenizer
+        from transformers import CLIPTokenizer
 
-        model = _check_clip_dir(model, "the PickScore model (yuvalkirstain/PickScore_v1)")
         processor = _check_tokenizer_dir(
             processor, "the PickScore processor's CLIP tokenizer "
                        "(laion/CLIP-ViT-H-14-laion2B-s32B-b79K)")
-        self.model = _freeze(CLIPModel.from_pretrained(model, dtype=torch.float32,
-                                                           local_files_only=True), device)
+        self.model = load_clip(model, "the PickScore model (yuvalkirstain/PickScore_v1)", device)
         self.tokenizer = CLIPTokenizer.from_pretrained(processor, model_max_length=TEXT_CONTEXT,
                                                        local_files_only=True)
         self.image_size = self.model.config.vision_config.image_size
