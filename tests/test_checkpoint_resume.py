@@ -195,7 +195,7 @@ def fixed_or_random_kill(case: str) -> tuple[signal.Signals, int]:
     return signal.Signals[name], int(at)
 
 
-@pytest.mark.parametrize("case", ["SIGKILL@7", "SIGTERM@7", "random"])
+@pytest.mark.parametrize("case", ["SIGKILL@3", "SIGKILL@7", "SIGTERM@7", "random"])
 def test_a_killed_run_resumes_to_the_uninterrupted_result(uninterrupted_run, tmp_path, case):
     from safetensors.torch import load_file
 

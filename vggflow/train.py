@@ -159,6 +159,9 @@ class Trainer:
     def try_resume(self) -> bool:
         path = self.state_dir / STATE_FILE
         if not path.exists():
+            # leftovers of an attempt stopped before its first save (log rows, samples) would
+            # be duplicated or stale: start from an empty folder
+            shutil.rmtree(self.state_dir, ignore_errors=True)
             return False
         state = torch.load(path, map_location="cpu", weights_only=False)
         if state["config_digest"] != self.digest:
