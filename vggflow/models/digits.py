@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vggflow.models.base import FLOW_MODELS, UniformGridDecoder
+from vggflow.models.lora import LoRAModel, load_lora, save_lora
 from vggflow.models.mlp import ConditionalMLP
 from vggflow.timegrid import interpolate, target_velocity
 
@@ -93,17 +94,13 @@ def pretrain_flow(
 
 
 class DigitsFlowModel(UniformGridDecoder):
-    """The pretrained digits net with a peft LoRA adapter; implements ``FlowModel``."""
+    """The pretrained digits net with a LoRA adapter (``models.lora``, peft's format);
+    implements ``FlowModel``."""
 
     sample_shape = SAMPLE_SHAPE
 
     def __init__(self, net: ConditionalMLP, lora_rank: int, lora_alpha: float) -> None:
-        from peft import LoraConfig, get_peft_model
-
-        net.requires_grad_(False)
-        config = LoraConfig(r=lora_rank, lora_alpha=lora_alpha, init_lora_weights="gaussian",
-                            target_modules=net.lora_targets())
-        self.net = get_peft_model(net, config)
+        self.net = LoRAModel(net, net.lora_targets(), lora_rank, lora_alpha)
 
     @classmethod
     def load(cls, path: str | Path, lora_rank: int, lora_alpha: float) -> DigitsFlowModel:
@@ -139,16 +136,10 @@ class DigitsFlowModel(UniformGridDecoder):
         return self.net
 
     def save_adapter(self, directory: str | Path) -> None:
-        self.net.save_pretrained(str(directory))
+        save_lora(self.net, directory)
 
     def load_adapter(self, directory: str | Path) -> None:
-        from peft import set_peft_model_state_dict
-        from safetensors.torch import load_file
-
-        weights = Path(directory) / "adapter_model.safetensors"
-        if not weights.exists():
-            raise FileNotFoundError(f"no LoRA weights at {weights}")
-        set_peft_model_state_dict(self.net, load_file(str(weights)))
+        load_lora(self.net, directory)
 
     def _device(self) -> torch.device:
         return next(self.net.parameters()).device
