@@ -37,6 +37,7 @@ include: "workflow/rules/metrics.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/closed_form.smk"
 include: "workflow/rules/sweep.smk"
+include: "workflow/rules/bench.smk"
 
 
 rule all:
@@ -64,6 +65,11 @@ rule ablations:
 rule sweep:
     input:
         sweep_targets,
+
+
+rule bench:
+    input:
+        f"results/bench/update_cost_{SUITE}.csv",
 
 
 rule figures:

@@ -209,6 +209,22 @@ def test_the_html_report_loads_in_a_browser_without_console_errors(tmp_path):
     assert base64.b64encode(figure.read_bytes()).decode() in report.read_text()
 
 
+def test_bench_target_measures_every_method():
+    """`snakemake bench` on the finished .test run: one row per method, nothing retrained."""
+    if not (REPO / ".test/results/tables/summary.csv").exists():
+        pytest.skip("needs the finished .test run of test_tiny_workflow_runs_end_to_end")
+    assert planned_jobs("--directory", ".test", "bench", "--forcerun", "bench_updates") == {
+        "bench_updates": 1, "bench": 1}
+    result = snakemake("--directory", ".test", "bench", "--cores", "1", "--forcerun",
+                       "bench_updates")
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = yaml.safe_load((REPO / ".test/config/config.yaml").read_text())
+    table = pd.read_csv(REPO / ".test/results/bench/update_cost_digits.csv")
+    assert table["method"].tolist() == config["methods"]
+    assert (table["seconds_per_update"] > 0).all() and (table["gflop_per_update"] > 0).all()
+    assert (REPO / ".test/results/bench/update_cost_digits.png").stat().st_size > 0
+
+
 def test_single_seed_reruns_plan_only_what_they_name(tmp_path):
     """The README's re-run commands, checked by their dry-run job lists on the finished .test run
     (run after test_tiny_workflow_runs_end_to_end)."""

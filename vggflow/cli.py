@@ -189,6 +189,19 @@ def cmd_metrics(args) -> None:
         pd.DataFrame(rows).to_csv(tmp, index=False)
 
 
+def cmd_bench(args) -> None:
+    from vggflow.bench import plot, side_by_side
+    from vggflow.utils.io import atomic_path
+
+    table = side_by_side(args.configs, updates=args.updates, warmup=args.warmup,
+                         threads=args.threads)
+    with atomic_path(args.out) as tmp:
+        table.to_csv(tmp, index=False)
+    if args.figure:
+        plot(table, args.figure)
+    print(f"{len(table)} methods -> {args.out}")
+
+
 def cmd_closed_form(args) -> int:
     import json
 
@@ -302,6 +315,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--record-divergence", action="store_true",
                    help="on a non-finite loss, publish the evaluations made so far and exit 0 "
                         "(sweeps, where divergence is a result); default: fail")
+
+    p = command("bench", cmd_bench,
+                "seconds, FLOPs and memory per optimizer update of each run config, side by side")
+    p.add_argument("--configs", nargs="+", required=True,
+                   help="resolved run configs, one per method (each measured in a fresh process)")
+    p.add_argument("--updates", type=int, default=3, help="timed updates per config")
+    p.add_argument("--warmup", type=int, default=1, help="untimed updates before measuring")
+    p.add_argument("--out", required=True, help="output CSV (results/bench/<suite>.csv)")
+    p.add_argument("--figure", help="output PNG (and PDF): seconds per update by phase")
 
     p = command("closed-form", cmd_closed_form,
                 "train VGG-Flow (exact, finite-difference) and VGG-Flow-PMP on toy2d's closed form")

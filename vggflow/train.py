@@ -9,15 +9,18 @@ current update, save the state and exit, so a killed run continues where it stop
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import hashlib
 import json
+import math
 import resource
 import shutil
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -85,6 +88,10 @@ def peak_memory_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def untimed_phase(name: str) -> contextlib.AbstractContextManager:
+    return contextlib.nullcontext()
+
+
 class _StopFlag:
     """Turns the first SIGINT, SIGTERM or SIGUSR1 (SLURM's warning before the time limit, with
     ``sbatch --signal=USR1@<seconds>``) into a request to stop after the current update."""
@@ -135,6 +142,8 @@ class Trainer:
         self.step = 0
         self.elapsed = 0.0
         self.digest = config_digest(cfg)
+        # phase(name) wraps each part of an update; vggflow.bench swaps in a timer
+        self.phase: Callable[[str], contextlib.AbstractContextManager] = untimed_phase
 
     # ---------------------------------------------------------------- state
 
@@ -247,37 +256,51 @@ class Trainer:
         accum = self.cfg.train.accumulation_steps
         batches, rewards = [], []
         for _ in range(accum):
-            rollout = self.rollout_batch()
-            with torch.no_grad():
+            with self.phase("rollout"):
+                rollout = self.rollout_batch()
+            with self.phase("reward"), torch.no_grad():
                 rewards.append(self.reward(self.model.decode(rollout.final), rollout.prompts))
-            batches.append(self.method.prepare(rollout, self.generator))
+            with self.phase("prepare"):
+                batches.append(self.method.prepare(rollout, self.generator))
         rewards = torch.cat(rewards)
         row = {"reward_mean": float(rewards.mean()), "reward_std": float(rewards.std())}
         for name, module in self.modules.items():
-            for module_ in self.modules.values():
-                module_.zero_grad(set_to_none=True)
-            logs: dict[str, float] = {}
-            for batch in batches:
-                for weight, chunk in WeightedChunks.of(batch).chunks:
-                    out = self.method.loss(name, chunk, self.step)
-                    if not torch.isfinite(out["loss"]):
-                        raise FloatingPointError(
-                            f"{self.cfg.method['name']}: non-finite {name} loss at update "
-                            f"{self.step + 1}; the run diverged (lower the learning rate or "
-                            "beta)")
-                    (out["loss"] * weight / accum).backward()
-                    for key, value in out.items():
-                        logs[key] = logs.get(key, 0.0) + float(value.detach()) * weight / accum
-            params = list(trainable_parameters(module).values())
-            settings = self.method.optimizer_settings(name)
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, settings.grad_clip_norm)
-            self.optimizers[name].step()
-            row[f"grad_norm_{name}"] = float(grad_norm)
-            for key, value in logs.items():
-                row[f"{name}_{key}" if key == "loss" else key] = value
+            with self.phase(f"update_{name}"):
+                row.update(self._update_module(name, module, batches))
         for module_ in self.modules.values():
             module_.zero_grad(set_to_none=True)
         row.update(self.method.end_update())
+        return row
+
+    def _update_module(self, name: str, module: torch.nn.Module, batches: list) -> dict:
+        """Loss and backward over every micro-batch and chunk, clipping, one optimizer step.
+
+        Logged scalars stay on the device until the end (float64, the same sums as Python
+        floats), so the update synchronises with the host once, for the non-finite check.
+        """
+        accum = self.cfg.train.accumulation_steps
+        for module_ in self.modules.values():
+            module_.zero_grad(set_to_none=True)
+        logs: dict[str, torch.Tensor] = {}
+        for batch in batches:
+            for weight, chunk in WeightedChunks.of(batch).chunks:
+                out = self.method.loss(name, chunk, self.step)
+                (out["loss"] * weight / accum).backward()
+                for key, value in out.items():
+                    term = value.detach().double() * weight / accum
+                    logs[key] = logs[key] + term if key in logs else term
+        params = list(trainable_parameters(module).values())
+        settings = self.method.optimizer_settings(name)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, settings.grad_clip_norm)
+        values = torch.stack([*logs.values(), grad_norm.double()]).tolist()  # the one sync
+        if not math.isfinite(logs_loss := values[list(logs).index("loss")]):
+            raise FloatingPointError(
+                f"{self.cfg.method['name']}: non-finite {name} loss ({logs_loss}) at update "
+                f"{self.step + 1}; the run diverged (lower the learning rate or beta)")
+        self.optimizers[name].step()
+        row = {f"grad_norm_{name}": values[-1]}
+        for key, value in zip(logs, values):
+            row[f"{name}_{key}" if key == "loss" else key] = value
         return row
 
     def run(self, stop_after_steps: int | None = None) -> None:

@@ -118,6 +118,7 @@ FIRST_SEED = CONFIG["seeds"][0]
 BUDGETS = ("last", "updates", "gpu_hours")
 TABLE_FORMATS = ("csv", "md", "tex")
 SELECTION = CONFIG["selection"]
+BENCH = CONFIG["bench"]
 # tiny-sd3: rule make_tiny_sd3 writes every file of the suite into the pipeline's parent folder,
 # with the resources block it wrote as resources.yaml (config paths must follow that layout).
 TINY_SD3_DIR = str(Path(RESOURCES["pipeline"]).parent) if SUITE == "tiny-sd3" else None
@@ -275,6 +276,14 @@ def train_benchmarks():
     """The train jobs' benchmark tables (not outputs: read where they exist)."""
     return [
         f"benchmarks/train/{run['reward']}/{run['method']}/seed{run['seed']}.tsv" for run in RUNS
+    ]
+
+
+def bench_configs():
+    """The first reward and seed's run config of every method (target `bench`)."""
+    return [
+        f"results/runs/{CONFIG['rewards'][0]}/{method}/seed{FIRST_SEED}/config.yaml"
+        for method in CONFIG["methods"]
     ]
 
 
