@@ -191,7 +191,7 @@ def am_update_memory(make_run_config, tmp_path, steps: int, chunk: int | None) -
         sampler={"num_steps": steps, "guidance_scale": 2.0},
         train={"micro_batch_size": 64, "effective_batch_size": 64})
     trainer = Trainer(RunConfig.from_mapping(cfg), tmp_path / f"state{steps}", threads=1)
-    rollout = trainer.rollout_batch()
+    rollout = trainer.rollout_batch(torch.Generator().manual_seed(0))
     peak, adjoints = peak_tensor_bytes(lambda: trainer.method.lean_adjoint(rollout))
     adjoint_phase = peak - adjoints.untyped_storage().nbytes()
     batch = trainer.method.prepare(rollout, torch.Generator().manual_seed(0))

@@ -38,7 +38,8 @@ def test_baseline_raises_the_digits_reward_and_touches_only_trainable_params(
     trainer = Trainer(RunConfig.from_mapping(cfg), tmp_path / "state", threads=1)
     trainer.run()
     assert reward_gain(trainer) > 0, name
-    batch = trainer.method.prepare(trainer.rollout_batch(), torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)
+    batch = trainer.method.prepare(trainer.rollout_batch(generator), generator)
     trainer.method.loss("lora", batch, 0)["loss"].backward()
     network = trainer.model.adapter()
     touched = {n for n, p in network.named_parameters() if p.grad is not None}

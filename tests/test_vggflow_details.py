@@ -52,7 +52,7 @@ def test_first_update_takes_its_threshold_from_its_own_first_micro_batch(make_ru
     cfg = RunConfig.from_mapping(make_run_config())
     trainer = Trainer(cfg, "/nonexistent-state", threads=1)
     assert trainer.method.threshold is None
-    rollout = trainer.rollout_batch()
+    rollout = trainer.rollout_batch(torch.Generator().manual_seed(0))
     batch = trainer.method.prepare(rollout, torch.Generator().manual_seed(0))
     v_theta, _ = trainer.method._velocities(batch)
     norms = trainer.method._reward_gradient(batch.x, batch.t, v_theta, batch.prompts)
@@ -77,7 +77,8 @@ def test_finite_difference_consistency_terms_match_exact_ones_on_digits(make_run
     cfg = RunConfig.from_mapping(make_run_config(method={"reward_grad_clip": "none"}))
     trainer = Trainer(cfg, "/nonexistent-state", threads=1)
     method = trainer.method
-    batch = method.prepare(trainer.rollout_batch(), torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)
+    batch = method.prepare(trainer.rollout_batch(generator), generator)
     x, t, eps = batch.x, batch.t, method.settings.fd_eps
     v_theta, v_base = method._velocities(batch)
     g_fn = method.value_gradient_fn(v_theta, batch.guidance.cond, batch.prompts)

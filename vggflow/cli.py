@@ -136,7 +136,8 @@ def cmd_train(args) -> int:
     cfg = RunConfig.load(args.config)
     trainer = Trainer(cfg, args.state_dir, threads=args.threads)
     print(f"train {cfg.method['name']} on {cfg.suite}/{cfg.reward}, seed {cfg.seed}, "
-          f"{cfg.train.max_steps} updates, device {trainer.device}", flush=True)
+          f"{cfg.train.max_steps} updates, device {trainer.device}, process "
+          f"{trainer.collective.rank + 1} of {trainer.collective.world_size}", flush=True)
     diverged = {}
     try:
         trainer.run(stop_after_steps=args.stop_after)
@@ -149,6 +150,8 @@ def cmd_train(args) -> int:
         print(f"{error}\nrecorded as diverged after update {trainer.step} "
               "(--record-divergence)", file=sys.stderr)
         diverged = {"diverged_after_update": trainer.step, "divergence": str(error)}
+    if not trainer.is_main:  # data parallelism: rank 0 publishes
+        return 0
     outputs = Outputs(Path(args.lora_dir), Path(args.log_csv), Path(args.samples))
     trainer.publish(outputs, diverged=bool(diverged))
     if args.provenance:

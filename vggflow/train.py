@@ -26,7 +26,8 @@ from pathlib import Path
 import torch
 import yaml
 
-from vggflow.config import RunConfig
+from vggflow.config import ConfigError, RunConfig
+from vggflow.distributed import collective_for, local_device, micro_batch_generator
 from vggflow.methods import METHODS, load_builtin_methods
 from vggflow.methods.base import Method, WeightedChunks
 from vggflow.sampling import Guidance, sample_images
@@ -121,13 +122,24 @@ class Trainer:
     def __init__(self, cfg: RunConfig, state_dir: str | Path, threads: int | None = None) -> None:
         self.cfg = cfg
         self.state_dir = Path(state_dir)
-        self.device = resolve_device(cfg.train.device)
+        self.device = local_device(resolve_device(cfg.train.device))
+        self.collective = collective_for(self.device)
+        self.is_main = self.collective.rank == 0
+        accum, processes = cfg.train.accumulation_steps, self.collective.world_size
+        if accum % processes:
+            raise ConfigError(
+                f"train: {accum} micro-batches per update (effective_batch_size / "
+                f"micro_batch_size) cannot be split over {processes} processes; make it a "
+                "multiple of the number of GPUs (lower micro_batch_size)")
+        self.micro_batches = range(self.collective.rank * accum // processes,
+                                   (self.collective.rank + 1) * accum // processes)
         configure_torch(threads)
         set_seed(cfg.seed)
         self.suite = build_suite(cfg, self.device)
         self.model = self.suite.flow_model
         self.reward = self.suite.reward(cfg.reward)
         self.method = build_method(cfg, self.suite)
+        self.method.collective = self.collective
         self.modules = self.method.trainable_modules()
         self.optimizers = {}
         for name, module in self.modules.items():
@@ -136,7 +148,6 @@ class Trainer:
                 list(trainable_parameters(module).values()), lr=settings.lr,
                 betas=tuple(settings.adam_betas), weight_decay=settings.weight_decay,
             )
-        self.generator = torch.Generator().manual_seed(cfg.seed)
         self.times = self.model.time_grid(cfg.sampler.num_steps).to(self.device)
         self.train_prompts = self.suite.train_prompts()
         self.step = 0
@@ -158,22 +169,25 @@ class Trainer:
             },
             "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
             "method": self.method.state_dict(),
-            "generator": self.generator.get_state(),
             "rng": capture_rng_state(),
         }
 
     def save_state(self) -> None:
-        torch_save_atomic(self.state_dict(), self.state_dir / STATE_FILE)
+        if self.is_main:
+            torch_save_atomic(self.state_dict(), self.state_dir / STATE_FILE)
 
     def try_resume(self) -> bool:
         path = self.state_dir / STATE_FILE
         if not path.exists():
             # leftovers of an attempt stopped before its first save (log rows, samples) would
             # be duplicated or stale: start from an empty folder
-            shutil.rmtree(self.state_dir, ignore_errors=True)
+            if self.is_main:
+                shutil.rmtree(self.state_dir, ignore_errors=True)
             return False
         state = torch.load(path, map_location="cpu", weights_only=False)
         if state["config_digest"] != self.digest:
+            if not self.is_main:
+                return False
             suffix = f".stale-{state['config_digest'][:8]}"
             stale = self.state_dir.with_name(self.state_dir.name + suffix)
             print(f"state in {self.state_dir} belongs to another config; moved to {stale}; "
@@ -192,7 +206,6 @@ class Trainer:
         for name, opt in self.optimizers.items():
             opt.load_state_dict(state["optimizers"][name])
         self.method.load_state_dict(state["method"])
-        self.generator.set_state(state["generator"])
         restore_rng_state(state["rng"])
         self.step = state["step"]
         self.elapsed = state["elapsed_s"]
@@ -212,6 +225,8 @@ class Trainer:
             self._write_log(kept, list(rows[0]), mode="w")
 
     def _write_log(self, rows: list[dict], fields: list[str], mode: str = "a") -> None:
+        if not self.is_main:
+            return
         path = self.state_dir / LOG_FILE
         new = mode == "w" or not path.exists()
         with path.open(mode, newline="") as handle:
@@ -226,8 +241,8 @@ class Trainer:
         return self.state_dir / "samples" / f"step{step}.pt"
 
     def evaluate(self, step: int) -> None:
-        """Sample the evaluation prompts with the shared noise; export the LoRA."""
-        if self._eval_path(step).exists():
+        """Sample the evaluation prompts with the shared noise; export the LoRA (main process)."""
+        if not self.is_main or self._eval_path(step).exists():
             return
         images = sample_images(self.model.velocity, self.model, self.suite.eval_prompts(),
                                self.cfg.eval.images_per_prompt, self.cfg.sampler.num_steps,
@@ -240,29 +255,33 @@ class Trainer:
 
     # ---------------------------------------------------------------- training
 
-    def rollout_batch(self):
+    def rollout_batch(self, generator: torch.Generator):
         """Fresh on-policy trajectories for one micro-batch (current model, no gradient)."""
         n = self.cfg.train.micro_batch_size
-        idx = torch.randint(0, len(self.train_prompts), (n,), generator=self.generator)
+        idx = torch.randint(0, len(self.train_prompts), (n,), generator=generator)
         prompts = [self.train_prompts[i] for i in idx.tolist()]
-        noise = torch.randn((n, *self.model.sample_shape), generator=self.generator)
+        noise = torch.randn((n, *self.model.sample_shape), generator=generator)
         guidance = Guidance(self.model.encode_prompts(prompts), self.model.null_condition(n),
                             self.cfg.sampler.guidance_scale)
         return self.method.rollout(self.model.velocity, noise.to(self.device), self.times,
-                                   guidance, prompts, self.generator)
+                                   guidance, prompts, generator)
 
     def update(self) -> dict:
-        """One optimizer update of every trainable module, in the method's order."""
-        accum = self.cfg.train.accumulation_steps
+        """One optimizer update of every trainable module, in the method's order.
+
+        This process draws and trains its block of the update's micro-batches (all of them
+        without data parallelism), each from its own generator (``micro_batch_generator``).
+        """
         batches, rewards = [], []
-        for _ in range(accum):
+        for index in self.micro_batches:
+            generator = micro_batch_generator(self.cfg.seed, self.step, index)
             with self.phase("rollout"):
-                rollout = self.rollout_batch()
+                rollout = self.rollout_batch(generator)
             with self.phase("reward"), torch.no_grad():
                 rewards.append(self.reward(self.model.decode(rollout.final), rollout.prompts))
             with self.phase("prepare"):
-                batches.append(self.method.prepare(rollout, self.generator))
-        rewards = torch.cat(rewards)
+                batches.append(self.method.prepare(rollout, generator))
+        rewards = self.collective.all_gather(torch.cat(rewards))
         row = {"reward_mean": float(rewards.mean()), "reward_std": float(rewards.std())}
         for name, module in self.modules.items():
             with self.phase(f"update_{name}"):
@@ -290,6 +309,8 @@ class Trainer:
                     term = value.detach().double() * weight / accum
                     logs[key] = logs[key] + term if key in logs else term
         params = list(trainable_parameters(module).values())
+        self.collective.all_reduce_sum([*(p.grad for p in params if p.grad is not None),
+                                        *logs.values()])
         settings = self.method.optimizer_settings(name)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, settings.grad_clip_norm)
         values = torch.stack([*logs.values(), grad_norm.double()]).tolist()  # the one sync
@@ -324,11 +345,13 @@ class Trainer:
                 self._write_log([row], list(row))
                 if self.step in eval_steps:
                     self.evaluate(self.step)
-                stopping = stop.signal is not None or session_updates == stop_after_steps
+                stopping = (self.collective.any(stop.signal is not None)
+                            or session_updates == stop_after_steps)
                 if (self.step % train.checkpoint_every == 0 or self.step in eval_steps
                         or self.step == train.max_steps or stopping):
                     self.save_state()
-                if self.step % train.log_every == 0 or self.step == train.max_steps:
+                if self.is_main and (self.step % train.log_every == 0
+                                     or self.step == train.max_steps):
                     rate = self.elapsed / self.step
                     eta = rate * (train.max_steps - self.step)
                     print(f"update {self.step}/{train.max_steps} reward {row['reward_mean']:.4f} "

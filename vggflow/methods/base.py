@@ -8,6 +8,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
+from vggflow.distributed import Collective, SingleProcess
 from vggflow.registry import Registry
 from vggflow.sampling import Rollout, euler_rollout
 
@@ -34,6 +35,7 @@ class Method(Protocol):
     """
 
     name: str
+    collective: Collective  # other processes of a data-parallel run (vggflow.distributed)
 
     def trainable_modules(self) -> dict[str, nn.Module]: ...
 
@@ -116,6 +118,8 @@ def discrete_adjoint(states: Tensor, times: Tensor, terminal: Tensor, drift) -> 
 
 class MethodBase:
     """Defaults: Euler ODE rollouts, and no state beyond the modules and optimizers."""
+
+    collective: Collective = SingleProcess()  # the trainer sets the run's process group
 
     def rollout(self, velocity_fn, noise: Tensor, times: Tensor, guidance, prompts: list[str],
                 generator: torch.Generator) -> Rollout:

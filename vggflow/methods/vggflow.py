@@ -130,7 +130,7 @@ class VGGFlow(MethodBase):
         """Set the clipping threshold from this update's unclipped reward-gradient norms."""
         logs = {}
         if self._norms:
-            norms = torch.cat(self._norms)
+            norms = self.collective.all_gather(torch.cat(self._norms))  # every process's
             logs["reward_grad_norm_mean"] = float(norms.mean())
             if self.settings.reward_grad_clip == "quantile":
                 logs["reward_grad_threshold"] = float(self.threshold)
@@ -165,7 +165,8 @@ class VGGFlow(MethodBase):
             v_theta, _ = self._velocities(transitions)
             norms = self._reward_gradient(transitions.x, transitions.t, v_theta,
                                           transitions.prompts).flatten(1).norm(dim=1)
-            self.threshold = float(torch.quantile(norms, self.settings.reward_grad_quantile))
+            threshold = float(torch.quantile(norms, self.settings.reward_grad_quantile))
+            self.threshold = self.collective.broadcast_from_main(threshold)  # micro-batch 0's
         return transitions
 
     # ------------------------------------------------------------------ the value gradient

@@ -279,6 +279,17 @@ def train_benchmarks():
     ]
 
 
+def train_launcher(wildcards, resources):
+    """`python`, or `accelerate launch` with one process per GPU for data-parallel training."""
+    gpus = int(resources.get("gpu", 0) or 0)
+    if gpus <= 1:
+        return "python"
+    return (
+        f"accelerate launch --multi_gpu --num_processes {gpus} --num_machines 1"
+        " --mixed_precision no --dynamo_backend no --main_process_port 0"
+    )
+
+
 def bench_configs():
     """The first reward and seed's run config of every method (target `bench`)."""
     return [

@@ -48,12 +48,15 @@ rule train:
     conda:
         "../envs/vggflow.yaml"
     threads: 1
+    resources:
+        gpu=CONFIG["gpus_per_run"],
     params:
         # Resumable state: NOT an output, so it survives a failed or killed attempt.
         state="results/runs/{reward}/{method}/seed{seed}/state",
         divergence=divergence_flag,
+        launcher=train_launcher,
     shell:
-        "python -m vggflow train --config {input.cfg} --state-dir {params.state}"
+        "{params.launcher} -m vggflow train --config {input.cfg} --state-dir {params.state}"
         " --lora-dir {output.lora} --log-csv {output.log_csv} --samples {output.samples}"
         " --provenance {output.provenance} --threads {threads} {params.divergence}"
         " > {log} 2>&1"
