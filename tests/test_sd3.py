@@ -189,3 +189,37 @@ def test_feature_backends_with_missing_weights_stop_unless_the_fallback_is_chose
     assert resolve_feature_backends(with_fallback, resources) == ["clip", "lite0"]
     (tmp_path / "inception.pth").write_bytes(b"")
     assert resolve_feature_backends(asked, resources) == ["clip", "inception"]
+
+
+@pytest.mark.parametrize("method", ["vggflow", "refl"])
+def test_speed_options_keep_the_update_within_rounding(tiny_sd3, tmp_path, method):
+    """Gradient checkpointing and AdamW's fused kernel: the same update, up to float rounding
+    (stated tolerance: 1e-5 relative on logged scalars, 1e-6 absolute on LoRA weights)."""
+    from vggflow.config import RunConfig, load_yaml, resolve_run_config
+    from vggflow.train import Trainer, trainable_parameters
+
+    config = yaml.safe_load((REPO / ".test/config_tiny_sd3/config.yaml").read_text())
+    config["resources"]["tiny-sd3"] = {**tiny_sd3, "prompts": {"pickscore": tiny_sd3["prompts"]}}
+    results = []
+    for fast in (False, True):
+        config["train"] = {**config["train"], "fused_optimizer": fast}
+        config["model"] = {**config.get("model", {}), "gradient_checkpointing": fast}
+        resolved = resolve_run_config(config, load_yaml(REPO / f"config/methods/{method}.yaml"),
+                                      "pickscore", method, 0)
+        trainer = Trainer(RunConfig.from_mapping(resolved), tmp_path / str(fast), threads=2)
+        rows = []
+        for _ in range(2):
+            rows.append(trainer.update())
+            trainer.step += 1
+        weights = {k: v.detach().clone()
+                   for k, v in trainable_parameters(trainer.model.adapter()).items()}
+        results.append((rows, weights))
+    (rows_off, weights_off), (rows_on, weights_on) = results
+    assert [r.keys() for r in rows_off] == [r.keys() for r in rows_on]
+    for off, on in zip(rows_off, rows_on):
+        for key in off:
+            assert on[key] == pytest.approx(off[key], rel=1e-5, abs=1e-7), key
+    moved = max((weights_off[k] - weights_on[k]).abs().max().item() for k in weights_off)
+    assert moved < 1e-6
+    # not vacuous: the updates moved the LoRA (B starts at zero) far beyond the tolerance
+    assert max(w.abs().max().item() for k, w in weights_on.items() if "lora_B" in k) > 1e-4

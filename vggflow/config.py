@@ -339,6 +339,7 @@ class TrainConfig:
     checkpoint_every: int = 10
     log_every: int = 10
     device: str = "auto"
+    fused_optimizer: bool | None = None  # AdamW's fused kernel; None: on CUDA only
 
     def check(self, where: str) -> None:
         for name in ("max_steps", "effective_batch_size", "micro_batch_size", "eval_every",

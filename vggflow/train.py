@@ -142,11 +142,14 @@ class Trainer:
         self.method.collective = self.collective
         self.modules = self.method.trainable_modules()
         self.optimizers = {}
+        fused = cfg.train.fused_optimizer
+        fused = self.device.startswith("cuda") if fused is None else fused
         for name, module in self.modules.items():
             settings = self.method.optimizer_settings(name)
             self.optimizers[name] = torch.optim.AdamW(
                 list(trainable_parameters(module).values()), lr=settings.lr,
                 betas=tuple(settings.adam_betas), weight_decay=settings.weight_decay,
+                fused=fused or None,
             )
         self.times = self.model.time_grid(cfg.sampler.num_steps).to(self.device)
         self.train_prompts = self.suite.train_prompts()
