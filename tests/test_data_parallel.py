@@ -93,3 +93,4 @@ def test_the_train_rule_launches_one_process_per_gpu_of_its_resources():
     assert command().split("Shell command: ")[-1].startswith("python -m vggflow train")
     assert "accelerate launch --multi_gpu --num_processes 4 --num_machines 1" in command(
         "--set-resources", "train:gpu=4")
+    assert "--num_processes 2 " in command("--set-resources", "train:gres='gpu:a100:2'")

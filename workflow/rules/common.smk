@@ -280,8 +280,12 @@ def train_benchmarks():
 
 
 def train_launcher(wildcards, resources):
-    """`python`, or `accelerate launch` with one process per GPU for data-parallel training."""
-    gpus = int(resources.get("gpu", 0) or 0)
+    """`python`, or `accelerate launch` with one process per GPU for data-parallel training.
+
+    The GPU count is the `gpu` resource, or the count of a `gres` such as "gpu:a100:4".
+    """
+    gres = re.search(r"gpu(?::[^:,]+)?:(\d+)", str(resources.get("gres", "") or ""))
+    gpus = int(gres.group(1)) if gres else int(resources.get("gpu", 0) or 0)
     if gpus <= 1:
         return "python"
     return (
