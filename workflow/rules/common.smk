@@ -5,6 +5,8 @@ import sys
 from itertools import product
 from pathlib import Path
 
+import yaml
+
 sys.path.insert(0, str(Path(workflow.basedir)))
 
 from vggflow.fetch import check_resources
@@ -20,7 +22,6 @@ from vggflow.config import (
     sweep_grid,
     sweep_variants,
     validate,
-    write_yaml_atomic,
 )
 
 REPO = Path(workflow.basedir)
@@ -195,8 +196,21 @@ def base_config(wildcards):
     return resolve_base_config(CONFIG, wildcards.reward)
 
 
-def write_config(data, path):
-    write_yaml_atomic(data, path)
+def as_yaml(data):
+    """YAML text of a resolved config, which a shell command writes (Python in a `run` block
+    would start a whole Snakemake process per job: about 10 s each on a 2-core machine)."""
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def run_config_yaml(wildcards):
+    return as_yaml(run_config(wildcards))
+
+
+def base_config_yaml(wildcards):
+    return as_yaml(base_config(wildcards))
+
+
+RESOURCES_YAML = as_yaml(RESOURCES)
 
 
 def suite_files(wildcards=None):

@@ -17,9 +17,11 @@ rule resolve_sd3_resources:
     benchmark:
         "benchmarks/fetch/resolve_sd3_resources.tsv"
     params:
-        cfg=RESOURCES,
-    run:
-        write_config(params.cfg, output[0])
+        config=RESOURCES_YAML,
+    conda:
+        "../envs/vggflow.yaml"
+    shell:
+        "printf '%s' {params.config:q} > {output} 2> {log}"
 
 
 rule fetch_sd3_resources:

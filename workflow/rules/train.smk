@@ -14,9 +14,11 @@ rule resolve_run_config:
     benchmark:
         "benchmarks/resolve_run_config/{reward}/{method}/seed{seed}.tsv"
     params:
-        cfg=run_config,
-    run:
-        write_config(params.cfg, output[0])
+        config=run_config_yaml,
+    conda:
+        "../envs/vggflow.yaml"
+    shell:
+        "printf '%s' {params.config:q} > {output} 2> {log}"
 
 
 rule resolve_base_config:
@@ -27,9 +29,11 @@ rule resolve_base_config:
     benchmark:
         "benchmarks/resolve_base_config/{reward}.tsv"
     params:
-        cfg=base_config,
-    run:
-        write_config(params.cfg, output[0])
+        config=base_config_yaml,
+    conda:
+        "../envs/vggflow.yaml"
+    shell:
+        "printf '%s' {params.config:q} > {output} 2> {log}"
 
 
 rule train:
