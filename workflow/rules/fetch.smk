@@ -16,10 +16,10 @@ rule resolve_sd3_resources:
         "logs/fetch/resolve_sd3_resources.log",
     benchmark:
         "benchmarks/fetch/resolve_sd3_resources.tsv"
-    params:
-        config=RESOURCES_YAML,
     conda:
         "../envs/vggflow.yaml"
+    params:
+        config=RESOURCES_YAML,
     shell:
         "printf '%s' {params.config:q} > {output} 2> {log}"
 

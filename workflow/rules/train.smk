@@ -13,10 +13,10 @@ rule resolve_run_config:
         "logs/resolve_run_config/{reward}/{method}/seed{seed}.log",
     benchmark:
         "benchmarks/resolve_run_config/{reward}/{method}/seed{seed}.tsv"
-    params:
-        config=run_config_yaml,
     conda:
         "../envs/vggflow.yaml"
+    params:
+        config=run_config_yaml,
     shell:
         "printf '%s' {params.config:q} > {output} 2> {log}"
 
@@ -28,10 +28,10 @@ rule resolve_base_config:
         "logs/resolve_base_config/{reward}.log",
     benchmark:
         "benchmarks/resolve_base_config/{reward}.tsv"
-    params:
-        config=base_config_yaml,
     conda:
         "../envs/vggflow.yaml"
+    params:
+        config=base_config_yaml,
     shell:
         "printf '%s' {params.config:q} > {output} 2> {log}"
 
