@@ -34,6 +34,11 @@ def load_yaml(path: str | os.PathLike) -> Any:
         return yaml.safe_load(handle)
 
 
+def yaml_text(data: Any) -> str:
+    """The YAML text of a config file, keys in the given order (resolved configs: sorted)."""
+    return yaml.safe_dump(data, sort_keys=False)
+
+
 def write_yaml_atomic(data: Any, path: str | os.PathLike) -> None:
     """Write YAML to a temporary file beside ``path`` and rename it, so readers never see half."""
     path = Path(path)
@@ -41,7 +46,7 @@ def write_yaml_atomic(data: Any, path: str | os.PathLike) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as handle:
-            yaml.safe_dump(data, handle, sort_keys=False)
+            handle.write(yaml_text(data))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

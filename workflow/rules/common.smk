@@ -5,8 +5,6 @@ import sys
 from itertools import product
 from pathlib import Path
 
-import yaml
-
 sys.path.insert(0, str(Path(workflow.basedir)))
 
 from vggflow.fetch import check_resources
@@ -22,6 +20,7 @@ from vggflow.config import (
     sweep_grid,
     sweep_variants,
     validate,
+    yaml_text,
 )
 
 REPO = Path(workflow.basedir)
@@ -196,21 +195,17 @@ def base_config(wildcards):
     return resolve_base_config(CONFIG, wildcards.reward)
 
 
-def as_yaml(data):
-    """YAML text of a resolved config, which a shell command writes (Python in a `run` block
-    would start a whole Snakemake process per job: about 10 s each on a 2-core machine)."""
-    return yaml.safe_dump(data, sort_keys=False)
-
-
+# The resolve rules write this YAML with a shell command: Python in a `run` block would start a
+# whole Snakemake process per job (about 10 s each on a 2-core machine).
 def run_config_yaml(wildcards):
-    return as_yaml(run_config(wildcards))
+    return yaml_text(run_config(wildcards))
 
 
 def base_config_yaml(wildcards):
-    return as_yaml(base_config(wildcards))
+    return yaml_text(base_config(wildcards))
 
 
-RESOURCES_YAML = as_yaml(RESOURCES)
+RESOURCES_YAML = yaml_text(RESOURCES)
 
 
 def suite_files(wildcards=None):
