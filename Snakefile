@@ -27,9 +27,9 @@ if SUITE == "sd3":
     include: "workflow/rules/fetch.smk"
 
 
-if SUITE == "tiny-sd3":
+if RANDOM_SD3_SHAPE:
 
-    include: "workflow/rules/tiny_sd3.smk"
+    include: "workflow/rules/random_sd3.smk"
 
 
 include: "workflow/rules/train.smk"

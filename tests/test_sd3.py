@@ -12,7 +12,7 @@ import yaml
 from conftest import REPO
 
 from vggflow.models.sd3 import SD3FlowModel, check_pipeline_dir
-from vggflow.models.sd3_tiny import TINY_RESOLUTION, write_tiny_sd3_suite
+from vggflow.models.sd3_random import TINY_RESOLUTION, write_random_sd3_suite
 from vggflow.sampling import Guidance, euler_rollout
 
 SETTINGS = {"resolution": TINY_RESOLUTION, "dtype": "float32", "text_encoder_3": False}
@@ -22,7 +22,7 @@ PROMPTS = ["a photo of a cat", "a painting of a dog"]
 @pytest.fixture(scope="session")
 def tiny_sd3(tmp_path_factory) -> dict:
     """Every tiny-sd3 file (pipeline, taesd3, the three rewards, prompts): the resources block."""
-    return write_tiny_sd3_suite(tmp_path_factory.mktemp("tiny_sd3"))
+    return write_random_sd3_suite(tmp_path_factory.mktemp("tiny_sd3"))
 
 
 @pytest.fixture
@@ -191,10 +191,12 @@ def test_feature_backends_with_missing_weights_stop_unless_the_fallback_is_chose
     assert resolve_feature_backends(asked, resources) == ["clip", "inception"]
 
 
-@pytest.mark.parametrize("method", ["vggflow", "refl"])
+@pytest.mark.parametrize("method", ["vggflow", "vggflow_pmp", "adjoint_matching", "refl",
+                                    "draft"])
 def test_speed_options_keep_the_update_within_rounding(tiny_sd3, tmp_path, method):
     """Gradient checkpointing and AdamW's fused kernel: the same update, up to float rounding
-    (stated tolerance: 1e-5 relative on logged scalars, 1e-6 absolute on LoRA weights)."""
+    (stated tolerance: 1e-5 relative on logged scalars, 1e-6 absolute on LoRA weights). Adjoint
+    Matching and VGG-Flow-PMP differentiate the base model (LoRA off) with checkpointing on."""
     from vggflow.config import RunConfig, load_yaml, resolve_run_config
     from vggflow.train import Trainer, trainable_parameters
 

@@ -19,7 +19,7 @@ from vggflow.rewards.sd3 import (
     REWARD_NAMES,
     resize_max_size,
     reward_paths,
-    write_tiny_reward_files,
+    write_random_reward_files,
 )
 
 PROMPTS = ["a photo of a cat", "an oil painting of a lighthouse in a storm"]
@@ -38,7 +38,7 @@ def parameters(reward) -> list[nn.Parameter]:
 @pytest.fixture(scope="module")
 def tiny_paths(tmp_path_factory) -> dict[str, dict]:
     root = tmp_path_factory.mktemp("sd3_rewards")
-    return {name: write_tiny_reward_files(name, root / name, seed=0) for name in REWARD_NAMES}
+    return {name: write_random_reward_files(name, root / name, seed=0) for name in REWARD_NAMES}
 
 
 @pytest.fixture(scope="module")

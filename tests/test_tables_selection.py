@@ -20,7 +20,9 @@ from vggflow.analysis.tables import (
     paper_markdown,
     paper_table,
     reference_rows,
+    reward_cost_table,
     write_paper_tables,
+    write_reward_cost_table,
 )
 from vggflow.analysis.times import training_times
 
@@ -220,3 +222,34 @@ def test_reference_rows_and_published_block(tmp_path):
     assert "ours DreamSim features" in markdown and "Inception-v3" in markdown
     latex = (tmp_path / "t.tex").read_text()
     assert r"\textit{published (paper)}" in latex and r"VGG-Flow-PMP & 7.52 $\pm$ 0.16" in latex
+
+
+def test_reward_cost_table_by_hand(tmp_path):
+    """Gain = trained reward at the last update - at update 0; cost = mean seconds / mean gain."""
+    rows, times = [], []
+    for method, finals, seconds in (("vggflow", (2.0, 3.0), (10.0, 20.0)),
+                                    ("refl", (0.9, 0.9), (4.0, 4.0))):
+        for seed, (final, elapsed) in enumerate(zip(finals, seconds)):
+            for step, value in ((0, 1.0), (4, final)):
+                rows.append(("margin", method, seed, step, "reward_margin", value))
+                # another reward's score: must not count
+                rows.append(("margin", method, seed, step, "reward_thickness", 100.0 * step))
+                times.append(("margin", method, seed, step, elapsed * step / 4))
+    metrics = pd.DataFrame(rows, columns=["reward", "method", "seed", "step", "metric", "value"])
+    times = pd.DataFrame(times, columns=["reward", "method", "seed", "step", "elapsed_s"])
+    table = reward_cost_table(metrics, times).set_index("method")
+    assert list(table.index) == ["vggflow", "refl"]  # the fixed method order
+    vgg = table.loc["vggflow"]
+    assert vgg["reward_gain"] == pytest.approx(1.5)
+    assert vgg["reward_gain_std"] == pytest.approx(2**-0.5)
+    assert vgg["train_s"] == pytest.approx(15.0)
+    assert vgg["seconds_per_update"] == pytest.approx(3.75)
+    assert vgg["seconds_per_reward_unit"] == pytest.approx(10.0)
+    assert table.loc["refl", "reward_gain"] == pytest.approx(-0.1)
+    assert np.isnan(table.loc["refl", "seconds_per_reward_unit"])
+    write_reward_cost_table(table.reset_index(), tmp_path / "c.csv", tmp_path / "c.md")
+    markdown = (tmp_path / "c.md").read_text()
+    assert "| margin | VGG-Flow | 4 | 1.5 ± 0.71 | 15 | 3.75 | 10 |" in markdown
+    assert "| margin | ReFL | 4 | -0.1 ± 0 | 4 | 1 | no gain |" in markdown
+    with pytest.raises(ValueError, match="no training time for margin/refl/seed1 at update 4"):
+        reward_cost_table(metrics, times.drop(index=len(times) - 1))

@@ -30,3 +30,15 @@ def test_small_value_unet_shapes_tiny_init_and_gradients():
     with torch.no_grad():
         assert not torch.allclose(net(x, t, cond), net(x, t, torch.randn(2, 5, 16)))
         assert not torch.allclose(net(x, t, cond), net(x, t + 0.1, cond))
+
+
+def test_bf16_condition_with_fp32_latents_computes_in_fp32():
+    """SD3's text encoders run in bf16; the value network computes in its own fp32."""
+    torch.manual_seed(0)
+    net = ValueUNet(**SMALL)
+    x, t = torch.randn(2, 4, 16, 16), torch.rand(2)
+    cond = torch.randn(2, 5, 16).to(torch.bfloat16)
+    with torch.no_grad():
+        out = net(x, t, cond)
+        assert out.dtype == torch.float32
+        assert torch.equal(out, net(x, t, cond.float()))

@@ -169,6 +169,8 @@ def test_tiny_workflow_runs_end_to_end():
     compute = pd.read_csv(workdir / "results/bench/methods.csv")
     assert set(compute["method"]) == {"vggflow", "refl", "draft", "adjoint_matching"}
     assert (compute["seconds_per_update"] > 0).all()
+    cost = pd.read_csv(workdir / "results/bench/reward_cost.csv")
+    assert len(cost) == 2 * 4 and (cost["train_s"] > 0).all()  # 2 rewards x 4 methods
     # nothing left to do: a second invocation schedules no job
     again = snakemake("--directory", ".test", "--cores", "2", "-n")
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
@@ -223,6 +225,19 @@ def test_bench_target_measures_every_method():
     assert table["method"].tolist() == config["methods"]
     assert (table["seconds_per_update"] > 0).all() and (table["gflop_per_update"] > 0).all()
     assert (REPO / ".test/results/bench/update_cost_digits.png").stat().st_size > 0
+
+
+def test_sd3_scale_bench_makes_its_random_weights_first(tmp_path):
+    """config/bench_sd3.yaml (GPU): rule make_random_sd3 writes SD3-medium-shaped files with the
+    config's rewards, then one bench job measures the four methods; nothing is fetched."""
+    args = ("--directory", str(tmp_path), "bench", "--configfile",
+            str(REPO / "config/bench_sd3.yaml"))
+    assert planned_jobs(*args) == {"make_random_sd3": 1, "resolve_run_config": 4,
+                                   "bench_updates": 1, "bench": 1}
+    result = snakemake("-n", "-p", "--cores", "1", *args)
+    assert result.returncode == 0, result.stderr
+    assert ("make-random-sd3 --out-dir resources/sd3-random --shape medium --rewards aesthetic"
+            in result.stdout)
 
 
 def test_single_seed_reruns_plan_only_what_they_name(tmp_path):

@@ -237,11 +237,14 @@ def cmd_fetch_sd3(args) -> int:
     return 0
 
 
-def cmd_make_tiny_sd3(args) -> None:
-    from vggflow.models.sd3_tiny import write_tiny_sd3_suite
+def cmd_make_random_sd3(args) -> None:
+    from vggflow.models.sd3_random import write_random_sd3_suite
 
-    resources = write_tiny_sd3_suite(args.out_dir, seed=args.seed)
-    print(f"tiny-sd3 files in {args.out_dir}: {', '.join(sorted(resources))}")
+    print(f"writing {args.shape} SD3 files with random weights to {args.out_dir}", flush=True)
+    resources = write_random_sd3_suite(args.out_dir, args.shape, args.seed,
+                                       tuple(args.rewards) if args.rewards else None)
+    print(f"{args.shape} SD3 files in {args.out_dir}: {', '.join(sorted(resources))} "
+          f"(rewards: {', '.join(resources['rewards'])})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -285,9 +288,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--seed", type=int, default=2)
 
-    p = command("make-tiny-sd3", cmd_make_tiny_sd3,
-                "write the tiny-sd3 suite's random-weight SD3 pipeline, rewards and prompts")
+    p = command("make-random-sd3", cmd_make_random_sd3,
+                "write an SD3 pipeline, rewards and prompts with random weights (tiny-sd3's files, "
+                "or SD3-medium-shaped ones for GPU benchmarks)")
     p.add_argument("--out-dir", required=True)
+    p.add_argument("--shape", choices=["tiny", "medium"], default="tiny")
+    p.add_argument("--rewards", nargs="+", choices=["aesthetic", "hpsv2", "pickscore"],
+                   help="rewards to write (default: all three)")
     p.add_argument("--seed", type=int, default=0)
 
     p = command("sample-base", cmd_sample_base, "evaluation samples of the base model")

@@ -148,6 +148,55 @@ def write_compute_table(table: pd.DataFrame, csv_path: str | Path,
     Path(markdown_path).write_text("\n".join(lines) + "\n")
 
 
+def reward_cost_table(metrics: pd.DataFrame, times: pd.DataFrame) -> pd.DataFrame:
+    """Training cost per unit of reward gained, per (trained reward, method).
+
+    A run's gain is its trained reward (metric ``reward_<reward>``) at its last evaluated update
+    minus at update 0 (the base model, on the shared evaluation noise and prompts); its cost the
+    training seconds up to that update (``times``: ``elapsed_s``, evaluation excluded).
+    ``seconds_per_reward_unit`` is the mean seconds over the mean gain across seeds; NaN where the
+    mean gain is not positive (no gain to pay for).
+    """
+    trained = metrics[metrics["metric"] == "reward_" + metrics["reward"]]
+    if trained.empty:
+        raise ValueError("metrics hold no trained-reward rows (metric reward_<trained reward>)")
+    start = trained[trained["step"] == 0].set_index(RUN)["value"]
+    end = trained[trained["step"] == trained.groupby(RUN)["step"].transform("max")]
+    runs = end.set_index(RUN).assign(gain=lambda d: d["value"] - start.reindex(d.index))
+    runs = runs.reset_index().merge(times, on=[*RUN, "step"], how="left")
+    missing = runs[runs["elapsed_s"].isna()]
+    if not missing.empty:
+        first = missing.iloc[0]
+        raise ValueError(f"no training time for {first['reward']}/{first['method']}/seed"
+                         f"{first['seed']} at update {first['step']} (results/metrics/times.csv)")
+    table = (runs.groupby(["reward", "method"])
+             .agg(seeds=("seed", "nunique"), updates=("step", "max"),
+                  reward_gain=("gain", "mean"), reward_gain_std=("gain", "std"),
+                  train_s=("elapsed_s", "mean"))
+             .reset_index())
+    table["reward_gain_std"] = table["reward_gain_std"].fillna(0.0)
+    table["seconds_per_update"] = table["train_s"] / table["updates"]
+    table["seconds_per_reward_unit"] = (table["train_s"] / table["reward_gain"]).where(
+        table["reward_gain"] > 0)
+    table["_m"] = method_rank(table["method"])
+    return table.sort_values(["reward", "_m"]).drop(columns="_m").reset_index(drop=True)
+
+
+def write_reward_cost_table(table: pd.DataFrame, csv_path: str | Path,
+                            markdown_path: str | Path) -> None:
+    table.to_csv(csv_path, index=False)
+    lines = ["| trained reward | method | updates | reward gain (mean ± std) | training s / run "
+             "| s / update | training s per unit of reward gained |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for row in table.itertuples():
+        cost = ("no gain" if math.isnan(row.seconds_per_reward_unit)
+                else f"{row.seconds_per_reward_unit:.3g}")
+        lines.append(f"| {row.reward} | {label(row.method)} | {row.updates} | "
+                     f"{row.reward_gain:.3g} ± {row.reward_gain_std:.2g} | {row.train_s:.3g} | "
+                     f"{row.seconds_per_update:.3g} | {cost} |")
+    Path(markdown_path).write_text("\n".join(lines) + "\n")
+
+
 def _elapsed_at(evaluated: pd.DataFrame, times: pd.DataFrame) -> pd.Series:
     """Training seconds at each evaluated (run, step): the run's logged ``elapsed_s``, linearly
     interpolated between logged updates (0 s at step 0; the last logged value past the end)."""

@@ -22,7 +22,9 @@ Losses are means over samples and dimensions.
 Reward-gradient clipping (``reward_grad_clip``): each sample's grad r(x1_hat) is rescaled to norm
 min(|grad|, tau). ``quantile``: tau is the ``reward_grad_quantile`` (0.8) quantile of the unclipped
 norms of the previous update (the first update uses its own first micro-batch); ``fixed``: tau =
-``reward_grad_max_norm``; ``none``: no clipping.
+``reward_grad_max_norm``; ``none``: no clipping. ``reward_grad_chunk`` bounds the images per
+reward-gradient pass (decoder and reward backward; memory at SD3 scale); the gradients are the same
+up to floating-point rounding.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ class VGGFlowSettings(OptimizerSettings):
     reward_grad_clip: str = "quantile"
     reward_grad_quantile: float = 0.8
     reward_grad_max_norm: float = 1.0
+    reward_grad_chunk: int | None = None
     update_order: str = "sequential"
     code_version: int = 1
 
@@ -77,6 +80,8 @@ class VGGFlowSettings(OptimizerSettings):
         require(0 < self.reward_grad_quantile <= 1, f"{where}.reward_grad_quantile",
                 "must lie in (0, 1]")
         require(self.reward_grad_max_norm > 0, f"{where}.reward_grad_max_norm", "must be positive")
+        require(self.reward_grad_chunk is None or self.reward_grad_chunk >= 1,
+                f"{where}.reward_grad_chunk", "must be a positive integer or null (all at once)")
 
 
 @dataclasses.dataclass
@@ -173,12 +178,17 @@ class VGGFlow(MethodBase):
 
     def _reward_gradient(self, x: Tensor, t: Tensor, v_theta: Tensor,
                          prompts: list[str]) -> Tensor:
-        """Unclipped grad r at x1_hat = x + (1 - t) v_theta (v_theta held fixed)."""
+        """Unclipped grad r at x1_hat = x + (1 - t) v_theta (v_theta held fixed), computed
+        ``reward_grad_chunk`` samples at a time (each sample's gradient is its own)."""
 
-        def reward_of_sample(y: Tensor) -> Tensor:
-            return self.reward(self.model.decode(y), prompts).sum()
+        def reward_of_samples(y: Tensor, chunk_prompts: list[str]) -> Tensor:
+            return self.reward(self.model.decode(y), chunk_prompts).sum()
 
-        return grad(reward_of_sample)(one_step_prediction(x, t, v_theta))
+        x1_hat = one_step_prediction(x, t, v_theta)
+        size = self.settings.reward_grad_chunk or len(x1_hat)
+        return torch.cat([grad(reward_of_samples)(part, prompts[start:start + size])
+                          for start, part in zip(range(0, len(x1_hat), size),
+                                                 x1_hat.split(size))])
 
     def _clip(self, reward_grad: Tensor) -> Tensor:
         mode = self.settings.reward_grad_clip

@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
+import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from vggflow.timegrid import sigma_from_time, velocity_from_sigma_convention
@@ -120,8 +121,9 @@ class SD3FlowModel:
         for param in self.transformer.parameters():
             if param.requires_grad:
                 param.data = param.data.float()
+        self._adapters_enabled = True
         if self.settings["gradient_checkpointing"]:
-            self.transformer.enable_gradient_checkpointing()
+            self.transformer.enable_gradient_checkpointing(self._checkpoint)
         self.train_vae = pipe.vae
         if self.settings["train_decoder"] == "tiny":
             if tiny_vae_dir is None:
@@ -182,13 +184,35 @@ class SD3FlowModel:
         with self._adapter_off():
             return self._velocity(x, t, cond)
 
-    @contextlib.contextmanager
     def _adapter_off(self):
-        self.transformer.disable_adapters()
+        return self._adapters(False)
+
+    @contextlib.contextmanager
+    def _adapters(self, enabled: bool):
+        """The LoRA on or off inside the block, then as before."""
+        previous = self._adapters_enabled
+        self._set_adapters(enabled)
         try:
             yield
         finally:
+            self._set_adapters(previous)
+
+    def _set_adapters(self, enabled: bool) -> None:
+        if enabled:
             self.transformer.enable_adapters()
+        else:
+            self.transformer.disable_adapters()
+        self._adapters_enabled = enabled
+
+    def _checkpoint(self, block: nn.Module, *args):
+        """Non-reentrant gradient checkpointing of one transformer block whose recomputation (in
+        the backward pass) runs with the LoRA as it was in the forward: a vector-Jacobian
+        product through ``base_velocity`` (Adjoint Matching's adjoint, VGG-Flow-PMP's costate)
+        runs its backward after the adapter is back on."""
+        enabled = self._adapters_enabled
+        return torch.utils.checkpoint.checkpoint(
+            block.__call__, *args, use_reentrant=False,
+            context_fn=lambda: (contextlib.nullcontext(), self._adapters(enabled)))
 
     # ------------------------------------------------------------------------- images
 

@@ -31,5 +31,9 @@ class ValueUNet(nn.Module):
         self.unet.conv_out.weight.data.mul_(out_scale)
 
     def forward(self, x: Tensor, t: Tensor, cond: Tensor) -> Tensor:
+        """Computed in the network's dtype (fp32), whatever the condition's (SD3's text
+        encoders run in bf16); returned in ``x``'s dtype."""
+        dtype = self.unet.dtype
         # diffusers' timestep embedding expects diffusion-style timesteps: 1000 t.
-        return self.unet(x, 1000.0 * t, encoder_hidden_states=cond).sample
+        out = self.unet(x.to(dtype), 1000.0 * t.to(dtype), encoder_hidden_states=cond.to(dtype))
+        return out.sample.to(x.dtype)

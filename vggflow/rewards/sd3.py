@@ -35,8 +35,8 @@ differences from the official (non-differentiable) scorers, which start from 8-b
 The builders read ``resources["rewards"][name]``: ``aesthetic`` -> ``{"clip", "mlp"}``, ``hpsv2``
 -> ``{"checkpoint", "model"}`` (+ optional ``"model_config"``, an open_clip model-config JSON whose
 file stem is the model name, for tiny test models), ``pickscore`` -> ``{"model", "processor"}``.
-:func:`reward_paths` gives the standard layout of the real files; :func:`write_tiny_reward_files`
-writes random-weight tiny stand-ins in the same formats.
+:func:`reward_paths` gives the standard layout of the real files; :func:`write_random_reward_files`
+writes random-weight stand-ins (tiny, or of the real shapes) in the same formats.
 """
 
 from __future__ import annotations
@@ -390,50 +390,82 @@ def build_pickscore(resources: dict, device: str) -> PickScoreReward:
     return PickScoreReward(paths["model"], paths["processor"], device=device)
 
 
-def _tiny_clip_model():
-    """A random CLIPModel with the real 49408-token vocabulary, 32-d, 2 layers, 32x32 images."""
+# CLIP towers of the random reward models: tiny (32-d, 2 layers, 32 x 32 images) and the real
+# models' shapes (``medium``, as the SD3-medium pipeline shape): CLIP ViT-L/14 for the Aesthetic
+# score, CLIP ViT-H/14 for PickScore and (open_clip's ``ViT-H-14``) HPSv2.
+_TINY_TOWER = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+               "num_attention_heads": 4}
+RANDOM_CLIP_CONFIGS = {
+    "tiny": {"projection_dim": 32, "text": _TINY_TOWER,
+             "vision": {**_TINY_TOWER, "image_size": 32, "patch_size": 8}},
+    "vit-l-14": {"projection_dim": 768,
+                 "text": {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
+                          "num_attention_heads": 12, "hidden_act": "quick_gelu"},
+                 "vision": {"hidden_size": 1024, "intermediate_size": 4096,
+                            "num_hidden_layers": 24, "num_attention_heads": 16,
+                            "image_size": 224, "patch_size": 14, "hidden_act": "quick_gelu"}},
+    "vit-h-14": {"projection_dim": 1024,
+                 "text": {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24,
+                          "num_attention_heads": 16, "hidden_act": "gelu"},
+                 "vision": {"hidden_size": 1280, "intermediate_size": 5120,
+                            "num_hidden_layers": 32, "num_attention_heads": 16,
+                            "image_size": 224, "patch_size": 14, "hidden_act": "gelu"}},
+}
+REWARD_SHAPES = ("tiny", "medium")
+
+
+def random_clip_model(kind: str = "tiny"):
+    """A CLIPModel with random weights, the real 49408-token vocabulary and the towers of
+    :data:`RANDOM_CLIP_CONFIGS` ``[kind]``."""
     from transformers import CLIPConfig, CLIPModel
 
-    tower = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-             "num_attention_heads": 4}
+    spec = RANDOM_CLIP_CONFIGS[kind]
     config = CLIPConfig(
-        projection_dim=32,
-        text_config={**tower, "vocab_size": 49408, "max_position_embeddings": TEXT_CONTEXT,
+        projection_dim=spec["projection_dim"],
+        text_config={**spec["text"], "vocab_size": 49408, "max_position_embeddings": TEXT_CONTEXT,
                      "bos_token_id": 49406, "eos_token_id": 49407, "pad_token_id": 49407},
-        vision_config={**tower, "image_size": 32, "patch_size": 8},
+        vision_config=spec["vision"],
     )
     return CLIPModel(config)
 
 
-def write_tiny_reward_files(name: str, directory: str | Path, seed: int = 0) -> dict:
-    """Write random-weight tiny versions of reward ``name``'s files into ``directory``.
+def write_random_reward_files(name: str, directory: str | Path, seed: int = 0,
+                              shape: str = "tiny") -> dict:
+    """Write random-weight versions of reward ``name``'s files into ``directory``: ``tiny``
+    (32-d towers) or ``medium`` (the real models' shapes).
 
-    The files have the real files' names and formats (see :func:`reward_paths`), so the tiny
+    The files have the real files' names and formats (see :func:`reward_paths`), so the random
     reward loads through the same builder. Returns the ``resources["rewards"][name]`` mapping.
     """
     if name not in REWARD_NAMES:
         raise ValueError(f"unknown SD3 reward {name!r}; known: {', '.join(REWARD_NAMES)}")
+    if shape not in REWARD_SHAPES:
+        raise ValueError(f"unknown reward shape {shape!r}; known: {', '.join(REWARD_SHAPES)}")
     from vggflow.utils.clip_tokenizer import write_clip_tokenizer
 
+    tiny = shape == "tiny"
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     paths = reward_paths(directory)[name]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if name == "aesthetic":
-            clip = _tiny_clip_model()
+            clip = random_clip_model("tiny" if tiny else "vit-l-14")
             clip.save_pretrained(paths["clip"])
             write_clip_tokenizer(paths["clip"])
             torch.save(AestheticMLP(clip.config.projection_dim).state_dict(), paths["mlp"])
         elif name == "hpsv2":
             import open_clip
 
-            config_path = directory / f"{TINY_OPEN_CLIP_MODEL}.json"
-            config_path.write_text(json.dumps(TINY_OPEN_CLIP_CONFIG, indent=2))
-            model = open_clip.CLIP(**TINY_OPEN_CLIP_CONFIG)
+            if tiny:
+                config_path = directory / f"{TINY_OPEN_CLIP_MODEL}.json"
+                config_path.write_text(json.dumps(TINY_OPEN_CLIP_CONFIG, indent=2))
+                model = open_clip.CLIP(**TINY_OPEN_CLIP_CONFIG)
+                paths = {**paths, "model": TINY_OPEN_CLIP_MODEL, "model_config": str(config_path)}
+            else:
+                model = open_clip.create_model(paths["model"], pretrained=None)
             torch.save({"state_dict": model.state_dict()}, paths["checkpoint"])
-            paths = {**paths, "model": TINY_OPEN_CLIP_MODEL, "model_config": str(config_path)}
         else:
-            _tiny_clip_model().save_pretrained(paths["model"])
+            random_clip_model("tiny" if tiny else "vit-h-14").save_pretrained(paths["model"])
             write_clip_tokenizer(paths["processor"])
     return paths

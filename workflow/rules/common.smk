@@ -119,10 +119,13 @@ BUDGETS = ("last", "updates", "gpu_hours")
 TABLE_FORMATS = ("csv", "md", "tex")
 SELECTION = CONFIG["selection"]
 BENCH = CONFIG["bench"]
-# tiny-sd3: rule make_tiny_sd3 writes every file of the suite into the pipeline's parent folder,
-# with the resources block it wrote as resources.yaml (config paths must follow that layout).
-TINY_SD3_DIR = str(Path(RESOURCES["pipeline"]).parent) if SUITE == "tiny-sd3" else None
-TINY_SD3_MANIFEST = f"{TINY_SD3_DIR}/resources.yaml"
+# SD3 files with random weights, of a shape: tiny-sd3's (tiny), or sd3's when resources.sd3 has
+# random_weights (medium: SD3 medium's shapes, for GPU benchmarks). Rule make_random_sd3 writes
+# every file into the pipeline's parent folder, with the resources block it wrote as
+# resources.yaml (config paths must follow that layout).
+RANDOM_SD3_SHAPE = {"tiny-sd3": "tiny", "sd3": RESOURCES.get("random_weights")}.get(SUITE)
+RANDOM_SD3_DIR = str(Path(RESOURCES["pipeline"]).parent) if RANDOM_SD3_SHAPE else None
+RANDOM_SD3_MANIFEST = f"{RANDOM_SD3_DIR}/resources.yaml"
 
 
 ABLATION = CONFIG.get("ablations")
@@ -182,7 +185,7 @@ def run_config(wildcards):
         method,
         int(wildcards.seed),
         VARIANTS[method][variant] if variant else None,
-        generated=[TINY_SD3_DIR] if TINY_SD3_DIR else [],
+        generated=[RANDOM_SD3_DIR] if RANDOM_SD3_DIR else [],
     )
 
 
@@ -208,10 +211,17 @@ def base_config_yaml(wildcards):
 RESOURCES_YAML = yaml_text(RESOURCES)
 
 
-def suite_files(wildcards=None):
-    """The files a suite's jobs read that rules make: the digits networks, the tiny-sd3 files.
+def random_sd3_rewards_option():
+    """Which rewards make_random_sd3 writes; all three for tiny-sd3 (the tests use each), the
+    config's rewards (the ones its runs train on and are scored on) for the medium shape."""
+    return "" if SUITE == "tiny-sd3" else "--rewards " + " ".join(CONFIG["rewards"])
 
-    sd3: none (its files are fetched once by fetch_sd3_resources, not made per run); a missing
+
+def suite_files(wildcards=None):
+    """The files a suite's jobs read that rules make: the digits networks, the SD3 files with
+    random weights (tiny-sd3, or sd3 with resources.sd3.random_weights).
+
+    sd3 otherwise: none (its files are fetched once by fetch_sd3_resources, not made per run); a missing
     one stops the workflow here, while the jobs are planned, naming the file and the command.
     toy2d is analytic and needs none.
     """
@@ -222,8 +232,8 @@ def suite_files(wildcards=None):
             RESOURCES["eval_net"],
             *RESOURCES["rewards"].values(),
         ]
-    if SUITE == "tiny-sd3":
-        return [TINY_SD3_MANIFEST]
+    if RANDOM_SD3_SHAPE:
+        return [RANDOM_SD3_MANIFEST]
     if SUITE == "sd3":
         # feature weights: checked by resolve_feature_backends, which may fall back to lite0
         try:
@@ -325,6 +335,8 @@ def table_targets():
         "results/tables/summary.md",
         "results/bench/methods.csv",
         "results/bench/methods.md",
+        "results/bench/reward_cost.csv",
+        "results/bench/reward_cost.md",
         "results/tables/selected_checkpoints.csv",
         *(f"results/tables/table1_{budget}.{ext}" for budget in BUDGETS for ext in TABLE_FORMATS),
     ]

@@ -118,6 +118,27 @@ rule make_compute_table:
         "../scripts/make_compute_table.py"
 
 
+rule make_reward_cost_table:
+    input:
+        metrics="results/metrics/all.csv",
+        times="results/metrics/times.csv",
+    output:
+        csv=report(
+            "results/bench/reward_cost.csv",
+            category="Compute",
+            caption="../report/reward_cost.rst",
+        ),
+        markdown="results/bench/reward_cost.md",
+    log:
+        "logs/make_reward_cost_table.log",
+    benchmark:
+        "benchmarks/make_reward_cost_table.tsv"
+    conda:
+        "../envs/analysis.yaml"
+    script:
+        "../scripts/make_reward_cost_table.py"
+
+
 rule collect_times:
     input:
         train_targets(),

@@ -1,0 +1,77 @@
+"""The SD3-medium-shaped random pipeline (GPU benchmarks) has SD3 medium's sizes and wiring, checked
+on the meta device (no memory, no arithmetic): parameter counts of every part, and a forward of
+every part at 512 px whose output shapes fit the next part's input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vggflow.models.sd3 import pack_condition
+from vggflow.models.sd3_random import SHAPES, build_random_sd3, check_shape
+from vggflow.rewards.sd3 import RANDOM_CLIP_CONFIGS, random_clip_model
+
+
+def count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+@pytest.fixture(scope="module")
+def medium():
+    with torch.device("meta"):
+        return build_random_sd3("medium")
+
+
+def test_medium_parts_have_sd3_mediums_parameter_counts(medium):
+    pipe, taesd = medium
+    # stabilityai/stable-diffusion-3-medium-diffusers' parts, and taesd3.
+    assert count(pipe.transformer) == 2_028_328_000
+    assert count(pipe.text_encoder) == 123_650_304
+    assert count(pipe.text_encoder_2) == 694_659_840
+    assert count(pipe.vae) == 83_819_683
+    assert count(taesd) == 2_458_899
+    assert len(pipe.transformer.transformer_blocks) == 24
+
+
+def test_medium_parts_fit_together_at_512_px(medium):
+    pipe, taesd = medium
+    batch, tokens = 2, 77
+    with torch.device("meta"):
+        ids = torch.zeros(batch, tokens, dtype=torch.long)
+        outputs = [encoder(ids, output_hidden_states=True)
+                   for encoder in (pipe.text_encoder, pipe.text_encoder_2)]
+        pooled = torch.cat([out.text_embeds for out in outputs], dim=-1)
+        clip_tokens = torch.cat([out.hidden_states[-2] for out in outputs], dim=-1)
+        width = pipe.transformer.config.joint_attention_dim
+        t5_zeros = torch.zeros(batch, 256, width)
+        embeds = torch.cat([torch.nn.functional.pad(clip_tokens, (0, width - 2048)), t5_zeros], 1)
+        cond = pack_condition(embeds, pooled)
+        latents = torch.zeros(batch, 16, 64, 64)
+        velocity = pipe.transformer(
+            hidden_states=latents, timestep=torch.zeros(batch), encoder_hidden_states=cond[:, :-1],
+            pooled_projections=pooled, return_dict=False)[0]
+        images = taesd.decode(velocity, return_dict=False)[0]
+        full = pipe.vae.decode(velocity, return_dict=False)[0]
+    assert pooled.shape == (batch, pipe.transformer.config.pooled_projection_dim)
+    assert cond.shape == (batch, tokens + 256 + 1, width)
+    assert velocity.shape == latents.shape
+    assert images.shape == full.shape == (batch, 3, 512, 512)
+
+
+@pytest.mark.parametrize(("kind", "params", "embed"), [("vit-l-14", 427_616_513, 768),
+                                                        ("vit-h-14", 986_109_441, 1024)])
+def test_random_reward_clips_have_the_real_shapes(kind, params, embed):
+    """openai/clip-vit-large-patch14 (Aesthetic score) and CLIP ViT-H/14 (PickScore)."""
+    with torch.device("meta"):
+        clip = random_clip_model(kind)
+        size = RANDOM_CLIP_CONFIGS[kind]["vision"]["image_size"]
+        embeds = clip.get_image_features(pixel_values=torch.zeros(2, 3, size, size))
+    assert count(clip) == params
+    embeds = getattr(embeds, "pooler_output", embeds)
+    assert embeds.shape == (2, embed)
+
+
+def test_unknown_shape_is_named():
+    with pytest.raises(ValueError, match="unknown SD3 shape 'large'.*tiny, medium"):
+        check_shape("large")
+    assert set(SHAPES) == {"tiny", "medium"}
