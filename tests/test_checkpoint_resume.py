@@ -159,8 +159,8 @@ from vggflow.train import Trainer
 at, signum = int(sys.argv[1]), int(sys.argv[2])
 update = Trainer.update
 def update_then_signal(self):
-    row = update(self)
-    if self.step + 1 == at:
+    row = update(self)  # update number self.step is done
+    if self.step == at:
         os.kill(os.getpid(), signum)
     return row
 Trainer.update = update_then_signal

@@ -125,11 +125,9 @@ def measure(config_path: str, updates: int, warmup: int, threads: int | None) ->
         device = trainer.device
         for _ in range(warmup):
             trainer.update()
-            trainer.step += 1
         flops = PhaseTimer(device, count_flops=True)
         trainer.phase = flops
         trainer.update()
-        trainer.step += 1
         timer = PhaseTimer(device)
         trainer.phase = timer
         if device.startswith("cuda"):
@@ -139,7 +137,6 @@ def measure(config_path: str, updates: int, warmup: int, threads: int | None) ->
         rewards = []
         for _ in range(updates):
             rewards.append(trainer.update()["reward_mean"])
-            trainer.step += 1
         synchronize(device)
         seconds = (time.perf_counter() - start) / updates
         dtype = model_dtype(trainer)

@@ -274,6 +274,7 @@ class Trainer:
 
         This process draws and trains its block of the update's micro-batches (all of them
         without data parallelism), each from its own generator (``micro_batch_generator``).
+        Afterwards ``step`` (updates done, which also selects the generators) is one higher.
         """
         batches, rewards = [], []
         for index in self.micro_batches:
@@ -292,6 +293,7 @@ class Trainer:
         for module_ in self.modules.values():
             module_.zero_grad(set_to_none=True)
         row.update(self.method.end_update())
+        self.step += 1
         return row
 
     def _update_module(self, name: str, module: torch.nn.Module, batches: list) -> dict:
@@ -340,7 +342,6 @@ class Trainer:
             while self.step < train.max_steps:
                 start = time.perf_counter()
                 row = self.update()
-                self.step += 1
                 session_updates += 1
                 self.elapsed += time.perf_counter() - start
                 row = {"step": self.step, "elapsed_s": round(self.elapsed, 4), **row,
