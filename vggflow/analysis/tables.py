@@ -134,18 +134,27 @@ def compute_table(logs: list[pd.DataFrame], runs: list[dict], gpus: int = 1,
     return table.sort_values("method", key=method_rank)
 
 
+def _write_csv_and_markdown(table: pd.DataFrame, csv_path: str | Path,
+                            markdown_path: str | Path, titles: list[str], left: int,
+                            cells) -> None:
+    """``table`` as CSV, and as a Markdown table with the column ``titles`` (the first ``left``
+    left-aligned, the others right-aligned) and the row ``cells(row)`` per ``itertuples`` row."""
+    table.to_csv(csv_path, index=False)
+    lines = ["| " + " | ".join(titles) + " |",
+             "|" + "|".join(["---"] * left + ["---:"] * (len(titles) - left)) + "|"]
+    lines += ["| " + " | ".join(cells(row)) + " |" for row in table.itertuples()]
+    Path(markdown_path).write_text("\n".join(lines) + "\n")
+
+
 def write_compute_table(table: pd.DataFrame, csv_path: str | Path,
                         markdown_path: str | Path) -> None:
-    table.to_csv(csv_path, index=False)
-    lines = ["| method | runs | updates | s / update (mean ± std) | peak memory (MB) "
-             "| GPU-hours / run (mean ± std) | job wall time (s) | job max RSS (MB) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for row in table.itertuples():
-        lines.append(f"| {label(row.method)} | {row.runs} | {row.updates} | "
-                     f"{row.seconds_per_update:.3f} ± {row.seconds_per_update_std:.3f} | "
-                     f"{row.peak_memory_mb:.0f} | {row.gpu_hours:.3g} ± {row.gpu_hours_std:.2g} | "
-                     f"{row.job_wall_s:.1f} | {row.job_max_rss_mb:.0f} |")
-    Path(markdown_path).write_text("\n".join(lines) + "\n")
+    titles = ["method", "runs", "updates", "s / update (mean ± std)", "peak memory (MB)",
+              "GPU-hours / run (mean ± std)", "job wall time (s)", "job max RSS (MB)"]
+    _write_csv_and_markdown(table, csv_path, markdown_path, titles, 1, lambda row: [
+        label(row.method), str(row.runs), str(row.updates),
+        f"{row.seconds_per_update:.3f} ± {row.seconds_per_update_std:.3f}",
+        f"{row.peak_memory_mb:.0f}", f"{row.gpu_hours:.3g} ± {row.gpu_hours_std:.2g}",
+        f"{row.job_wall_s:.1f}", f"{row.job_max_rss_mb:.0f}"])
 
 
 def reward_cost_table(metrics: pd.DataFrame, times: pd.DataFrame) -> pd.DataFrame:
@@ -184,17 +193,14 @@ def reward_cost_table(metrics: pd.DataFrame, times: pd.DataFrame) -> pd.DataFram
 
 def write_reward_cost_table(table: pd.DataFrame, csv_path: str | Path,
                             markdown_path: str | Path) -> None:
-    table.to_csv(csv_path, index=False)
-    lines = ["| trained reward | method | updates | reward gain (mean ± std) | training s / run "
-             "| s / update | training s per unit of reward gained |",
-             "|---|---|---:|---:|---:|---:|---:|"]
-    for row in table.itertuples():
-        cost = ("no gain" if math.isnan(row.seconds_per_reward_unit)
-                else f"{row.seconds_per_reward_unit:.3g}")
-        lines.append(f"| {row.reward} | {label(row.method)} | {row.updates} | "
-                     f"{row.reward_gain:.3g} ± {row.reward_gain_std:.2g} | {row.train_s:.3g} | "
-                     f"{row.seconds_per_update:.3g} | {cost} |")
-    Path(markdown_path).write_text("\n".join(lines) + "\n")
+    titles = ["trained reward", "method", "updates", "reward gain (mean ± std)",
+              "training s / run", "s / update", "training s per unit of reward gained"]
+    _write_csv_and_markdown(table, csv_path, markdown_path, titles, 2, lambda row: [
+        row.reward, label(row.method), str(row.updates),
+        f"{row.reward_gain:.3g} ± {row.reward_gain_std:.2g}", f"{row.train_s:.3g}",
+        f"{row.seconds_per_update:.3g}",
+        "no gain" if math.isnan(row.seconds_per_reward_unit)
+        else f"{row.seconds_per_reward_unit:.3g}"])
 
 
 def _elapsed_at(evaluated: pd.DataFrame, times: pd.DataFrame) -> pd.Series:
