@@ -249,9 +249,9 @@ def test_single_seed_reruns_plan_only_what_they_name(tmp_path):
     # retrain one (reward, method, seed) and nothing else
     assert planned_jobs("--directory", ".test", run, "--forcerun", "train") == {"train": 1}
     # retrain it and redo only what depends on it: its metrics, then the tables and figures
-    analysis = {"collect_times", "make_tables", "make_compute_table", "make_paper_tables",
-                "select_checkpoints", "plot_convergence", "plot_wallclock", "plot_pareto",
-                "plot_sample_evolution", "plot_method_grid"}
+    analysis = {"collect_times", "make_tables", "make_compute_table", "make_reward_cost_table",
+                "make_paper_tables", "select_checkpoints", "plot_convergence", "plot_wallclock",
+                "plot_pareto", "plot_sample_evolution", "plot_method_grid"}
     downstream = planned_jobs("--directory", ".test", "-R", run)
     assert downstream["train"] == 1 and downstream["metrics"] == 1
     assert set(downstream) == {"train", "metrics", "collect_metrics", "all"} | analysis
