@@ -4,6 +4,8 @@ Each run config is measured in a fresh process, one after the other, so that pea
 the method's own and the methods share the machine's state. Per method: the process start-up
 (interpreter and imports) and the build (suite, models, optimizers); ``warmup`` untimed updates;
 one update under ``torch.utils.flop_counter`` (FLOPs per phase); then ``updates`` timed updates.
+With ``warmup`` 0 the counted update is the run's first, which can do one-time work (VGG-Flow's
+first clipping threshold) that the timed ones do not.
 
 Phases of an update (``Trainer.update``): ``rollout`` (on-policy trajectories, no gradient),
 ``reward`` (scoring the final samples), ``prepare`` (the method's work per micro-batch: Adjoint
