@@ -186,9 +186,8 @@ class VGGFlow(MethodBase):
 
         x1_hat = one_step_prediction(x, t, v_theta)
         size = self.settings.reward_grad_chunk or len(x1_hat)
-        return torch.cat([grad(reward_of_samples)(part, prompts[start:start + size])
-                          for start, part in zip(range(0, len(x1_hat), size),
-                                                 x1_hat.split(size))])
+        return torch.cat([grad(reward_of_samples)(x1_hat[i:i + size], prompts[i:i + size])
+                          for i in range(0, len(x1_hat), size)])
 
     def _clip(self, reward_grad: Tensor) -> Tensor:
         mode = self.settings.reward_grad_clip

@@ -181,11 +181,8 @@ class SD3FlowModel:
         return self._velocity(x, t, cond)
 
     def base_velocity(self, x: Tensor, t: Tensor, cond: Tensor) -> Tensor:
-        with self._adapter_off():
+        with self._adapters(False):
             return self._velocity(x, t, cond)
-
-    def _adapter_off(self):
-        return self._adapters(False)
 
     @contextlib.contextmanager
     def _adapters(self, enabled: bool):

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from vggflow.rewards.sd3 import RANDOM_CLIP_CONFIGS
+
 TINY_RESOLUTION = 32
 TINY_PROMPTS = ("a cat", "a red apple", "a house by the sea", "a portrait of a dog",
                 "a painting of a mountain", "a bowl of soup")
@@ -49,9 +51,8 @@ SHAPES = {
             sample_size=128, patch_size=2, in_channels=16, out_channels=16, num_layers=24,
             attention_head_dim=64, num_attention_heads=24, caption_projection_dim=1536,
             joint_attention_dim=4096, pooled_projection_dim=2048, pos_embed_max_size=192),
-        "text_encoders": [  # CLIP ViT-L/14's and OpenCLIP bigG's text towers
-            dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12,
-                 num_hidden_layers=12, projection_dim=768, hidden_act="quick_gelu"),
+        "text_encoders": [  # CLIP ViT-L/14's text tower (the Aesthetic CLIP's), OpenCLIP bigG's
+            {**RANDOM_CLIP_CONFIGS["vit-l-14"]["text"], "projection_dim": 768},
             dict(hidden_size=1280, intermediate_size=5120, num_attention_heads=20,
                  num_hidden_layers=32, projection_dim=1280, hidden_act="gelu")],
         "vae": dict(

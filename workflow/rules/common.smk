@@ -214,15 +214,16 @@ RESOURCES_YAML = yaml_text(RESOURCES)
 def random_sd3_rewards_option():
     """Which rewards make_random_sd3 writes; all three for tiny-sd3 (the tests use each), the
     config's rewards (the ones its runs train on and are scored on) for the medium shape."""
-    return "" if SUITE == "tiny-sd3" else "--rewards " + " ".join(CONFIG["rewards"])
+    return "" if RANDOM_SD3_SHAPE == "tiny" else "--rewards " + " ".join(CONFIG["rewards"])
 
 
 def suite_files(wildcards=None):
     """The files a suite's jobs read that rules make: the digits networks, the SD3 files with
     random weights (tiny-sd3, or sd3 with resources.sd3.random_weights).
 
-    sd3 otherwise: none (its files are fetched once by fetch_sd3_resources, not made per run); a missing
-    one stops the workflow here, while the jobs are planned, naming the file and the command.
+    sd3 otherwise: none (its files are fetched once by fetch_sd3_resources, not made per run);
+    a missing one stops the workflow here, while the jobs are planned, naming the file and the
+    command.
     toy2d is analytic and needs none.
     """
     if SUITE == "digits":
