@@ -54,6 +54,33 @@ def test_guidance_combines_branches():
         fn, torch.zeros(1, 2), torch.zeros(1)).eq(3).all()
 
 
+def test_detached_unconditional_branch_runs_apart_without_a_graph():
+    """detach_uncond: the same value and gradient as detaching the unconditional half of one
+    batched call, but that branch runs in its own call without a graph (no backward through it);
+    a given ``uncond_velocity`` replaces the call."""
+    weight = torch.tensor([[1.5, -0.5], [0.25, 2.0]], requires_grad=True)
+    calls = []
+
+    def fn(x, t, cond):
+        calls.append((len(x), torch.is_grad_enabled()))
+        return (x @ weight) * (1 + t[:, None]) + cond
+
+    x, t = torch.randn(3, 2), torch.rand(3)
+    guidance = Guidance(torch.randn(3, 2), torch.randn(3, 2), 4.0)
+    both = fn(torch.cat([x, x]), torch.cat([t, t]), torch.cat([guidance.cond, guidance.uncond]))
+    v_cond, v_uncond = both.chunk(2)
+    expected = v_uncond.detach() + 4.0 * (v_cond - v_uncond.detach())
+    (expected_grad,) = torch.autograd.grad(expected.square().sum(), weight)
+    calls.clear()
+    v = guidance.velocity(fn, x, t, detach_uncond=True)
+    assert calls == [(3, True), (3, False)]
+    (grad,) = torch.autograd.grad(v.square().sum(), weight)
+    assert torch.allclose(v, expected) and torch.allclose(grad, expected_grad)
+    calls.clear()
+    given = guidance.velocity(fn, x, t, uncond_velocity=v_uncond.detach())
+    assert calls == [(3, True)] and torch.allclose(given, expected)
+
+
 def test_subsample_steps_one_per_bin_never_noise():
     generator = torch.Generator().manual_seed(0)
     picks = subsample_steps(20, 5, 4000, generator)

@@ -81,6 +81,44 @@ def test_reward_gradient_in_chunks_equals_all_at_once(make_run_config):
     assert not torch.allclose(swapped, whole, rtol=1e-3, atol=1e-5)
 
 
+def test_losses_from_the_update_cache_equal_fresh_computations(make_run_config):
+    """The value and matching losses reuse v_theta (and its unconditional branch), v_base and
+    grad r(x1_hat) across the update; their values and gradients equal the ones computed afresh,
+    the matching loss as before the cache (both guided branches in one call, unconditional half
+    detached)."""
+    cfg = RunConfig.from_mapping(make_run_config(method={"consistency": "finite_difference"}))
+    trainer = Trainer(cfg, "/nonexistent-state", threads=1)
+    method, model = trainer.method, trainer.model
+    batch = method.prepare(trainer.rollout_batch(torch.Generator().manual_seed(0)),
+                           torch.Generator().manual_seed(0))
+    lora = [p for p in model.adapter().parameters() if p.requires_grad]
+    value_params = list(method.value_net.parameters())
+    # second use of a warm cache against a fresh batch with an empty one
+    for _ in range(2):
+        value = method.value_loss(batch)["loss"]
+        matching = method.matching_loss(batch)["loss"]
+    assert set(batch.cache) == {"v_theta", "v_theta_uncond", "v_base", "reward_grad"}
+    fresh = dataclasses.replace(batch, cache={})
+    assert torch.equal(method.value_loss(fresh)["loss"], value)
+    x, t, guidance = batch.x, batch.t, batch.guidance
+    both = model.velocity(torch.cat([x, x]), torch.cat([t, t]),
+                          torch.cat([guidance.cond, guidance.uncond]))
+    v_cond, v_uncond = both.chunk(2)
+    v = v_uncond.detach() + guidance.scale * (v_cond - v_uncond.detach())
+    with torch.no_grad():
+        v_base = guidance.velocity(model.base_velocity, x, t)
+        reward_grad = method._reward_gradient(x, t, v.detach(), batch.prompts)
+        target = v_base - method.settings.beta * method._value_gradient(x, t, reward_grad,
+                                                                       guidance.cond)
+    expected = (v - target).pow(2).mean()
+    assert torch.allclose(matching, expected, rtol=1e-5, atol=1e-7)
+    for loss, reference, params in ((matching, expected, lora),
+                                    (value, method.value_loss(fresh)["loss"], value_params)):
+        got = torch.autograd.grad(loss, params)
+        want = torch.autograd.grad(reference, params)
+        assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in zip(got, want))
+
+
 def test_reward_gradient_chunk_must_be_positive(make_run_config):
     cfg = RunConfig.from_mapping(make_run_config(method={"reward_grad_chunk": 0}))
     with pytest.raises(ConfigError, match="reward_grad_chunk.*positive integer or null"):

@@ -330,7 +330,7 @@ def test_the_slurm_profile_selects_the_paper_config(tmp_path):
 
 
 def test_tiny_sd3_workflow_trains_samples_and_evaluates(tmp_path):
-    """SD3's classes with tiny random weights through make_tiny_sd3, training, sampling, metrics
+    """SD3's classes with tiny random weights through make_random_sd3, training, sampling, metrics
     and tables; the exported LoRAs are diffusers-format files."""
     result = snakemake("--directory", str(tmp_path), "--snakefile", str(REPO / "Snakefile"),
                        "--configfile", str(REPO / ".test/config_tiny_sd3/config.yaml"),

@@ -345,6 +345,7 @@ class TrainConfig:
     log_every: int = 10
     device: str = "auto"
     fused_optimizer: bool | None = None  # AdamW's fused kernel; None: on CUDA only
+    tf32: bool = False  # CUDA: fp32 matrix products (rewards, value net) on TF32 tensor cores
 
     def check(self, where: str) -> None:
         for name in ("max_steps", "effective_batch_size", "micro_batch_size", "eval_every",

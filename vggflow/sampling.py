@@ -25,20 +25,38 @@ class Guidance:
     scale: float
 
     def velocity(
-        self, fn: VelocityFn, x: Tensor, t: Tensor, detach_uncond: bool = False
+        self, fn: VelocityFn, x: Tensor, t: Tensor, detach_uncond: bool = False,
+        uncond_velocity: Tensor | None = None,
     ) -> Tensor:
         """The guided velocity of ``fn`` at (x, t); t has shape (B,).
 
         ``detach_uncond`` stops gradients through the unconditional branch, as the official
         VGG-Flow code does for the finetuned model (gradients reach it through the conditional
-        branch, scaled by ``scale``).
+        branch, scaled by ``scale``). The branch then runs without a graph, in its own call, so
+        that no backward pass runs through it. ``uncond_velocity`` (that branch's value at the
+        same inputs, computed before) skips it.
         """
+        if self.scale != 1.0 and (detach_uncond or uncond_velocity is not None):
+            v_cond = fn(x, t, self.cond)
+            if uncond_velocity is None:
+                with torch.no_grad():
+                    uncond_velocity = fn(x, t, self.uncond)
+            return self.combine(v_cond, uncond_velocity)
+        return self.combine(*self.branches(fn, x, t))
+
+    def branches(self, fn: VelocityFn, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor | None]:
+        """(conditional, unconditional) velocities of ``fn`` at (x, t) in one call; the second is
+        None when ``scale`` is 1 (no guidance)."""
         if self.scale == 1.0:
-            return fn(x, t, self.cond)
+            return fn(x, t, self.cond), None
         both = fn(torch.cat([x, x]), torch.cat([t, t]), torch.cat([self.cond, self.uncond]))
         v_cond, v_uncond = both.chunk(2)
-        if detach_uncond:
-            v_uncond = v_uncond.detach()
+        return v_cond, v_uncond
+
+    def combine(self, v_cond: Tensor, v_uncond: Tensor | None) -> Tensor:
+        """The guided velocity from its two branches (``v_cond`` alone without guidance)."""
+        if v_uncond is None:
+            return v_cond
         return v_uncond + self.scale * (v_cond - v_uncond)
 
     def select(self, index: Tensor) -> Guidance:

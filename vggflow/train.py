@@ -134,6 +134,7 @@ class Trainer:
         self.micro_batches = range(self.collective.rank * accum // processes,
                                    (self.collective.rank + 1) * accum // processes)
         configure_torch(threads)
+        torch.backends.cuda.matmul.allow_tf32 = cfg.train.tf32  # cuDNN's convolutions already
         set_seed(cfg.seed)
         self.suite = build_suite(cfg, self.device)
         self.model = self.suite.flow_model

@@ -86,7 +86,12 @@ class VGGFlowSettings(OptimizerSettings):
 
 @dataclasses.dataclass
 class Transitions:
-    """Sub-sampled transitions (x_t, t) of a rollout and its final states."""
+    """Sub-sampled transitions (x_t, t) of a rollout and its final states.
+
+    ``cache`` holds what is computed without gradients at the transitions and stays fixed through
+    the update (the LoRA changes only at its optimizer step, after every loss of the update):
+    both guided velocities, the finetuned model's unconditional branch and grad r(x1_hat).
+    """
 
     x: Tensor
     t: Tensor
@@ -94,6 +99,7 @@ class Transitions:
     prompts: list[str]
     final: Tensor
     final_guidance: Guidance
+    cache: dict[str, Tensor] = dataclasses.field(default_factory=dict)
 
 
 def clip_per_sample(grad: Tensor, max_norm: Tensor | float) -> Tensor:
@@ -167,9 +173,7 @@ class VGGFlow(MethodBase):
         )
         if self.settings.reward_grad_clip == "quantile" and self.threshold is None:
             # The first update has no previous one: use its own first micro-batch.
-            v_theta, _ = self._velocities(transitions)
-            norms = self._reward_gradient(transitions.x, transitions.t, v_theta,
-                                          transitions.prompts).flatten(1).norm(dim=1)
+            norms = self._reward_gradient_at_transitions(transitions).flatten(1).norm(dim=1)
             threshold = float(torch.quantile(norms, self.settings.reward_grad_quantile))
             self.threshold = self.collective.broadcast_from_main(threshold)  # micro-batch 0's
         return transitions
@@ -188,6 +192,14 @@ class VGGFlow(MethodBase):
         size = self.settings.reward_grad_chunk or len(x1_hat)
         return torch.cat([grad(reward_of_samples)(x1_hat[i:i + size], prompts[i:i + size])
                           for i in range(0, len(x1_hat), size)])
+
+    def _reward_gradient_at_transitions(self, batch: Transitions) -> Tensor:
+        """Unclipped grad r(x1_hat) at the transitions themselves (cached for the update)."""
+        if "reward_grad" not in batch.cache:
+            v_theta, _ = self._velocities(batch)
+            batch.cache["reward_grad"] = self._reward_gradient(batch.x, batch.t, v_theta,
+                                                               batch.prompts)
+        return batch.cache["reward_grad"]
 
     def _clip(self, reward_grad: Tensor) -> Tensor:
         mode = self.settings.reward_grad_clip
@@ -211,10 +223,17 @@ class VGGFlow(MethodBase):
         return -eta * self._clip(reward_grad) + self.value_net(x, t, cond)
 
     def _velocities(self, batch: Transitions) -> tuple[Tensor, Tensor]:
-        with torch.no_grad():
-            v_theta = batch.guidance.velocity(self.model.velocity, batch.x, batch.t)
-            v_base = batch.guidance.velocity(self.model.base_velocity, batch.x, batch.t)
-        return v_theta, v_base
+        """Guided (v_theta, v_base) at the transitions, without gradients (cached for the update,
+        with v_theta's unconditional branch)."""
+        if "v_theta" not in batch.cache:
+            guidance = batch.guidance
+            with torch.no_grad():
+                v_cond, v_uncond = guidance.branches(self.model.velocity, batch.x, batch.t)
+                v_base = guidance.velocity(self.model.base_velocity, batch.x, batch.t)
+            batch.cache.update(v_theta=guidance.combine(v_cond, v_uncond), v_base=v_base)
+            if v_uncond is not None:
+                batch.cache["v_theta_uncond"] = v_uncond
+        return batch.cache["v_theta"], batch.cache["v_base"]
 
     # ------------------------------------------------------------------ losses
 
@@ -235,7 +254,8 @@ class VGGFlow(MethodBase):
         v_theta, v_base = self._velocities(batch)
         g_fn = self.value_gradient_fn(v_theta, batch.guidance.cond, batch.prompts)
         with torch.no_grad():
-            g0 = g_fn(x, t)
+            g0 = self._value_gradient(x, t, self._reward_gradient_at_transitions(batch),
+                                      batch.guidance.cond)
         direction = v_base - beta * g0
         if self.settings.consistency == "exact":
             g, dg = jvp(g_fn, (x, t), (direction, torch.ones_like(t)))
@@ -269,10 +289,11 @@ class VGGFlow(MethodBase):
     def matching_loss(self, batch: Transitions) -> dict[str, Tensor]:
         """|v_theta - (v_base - beta g)|^2 with g frozen; gradients reach the LoRA only."""
         x, t = batch.x, batch.t
-        v = batch.guidance.velocity(self.model.velocity, x, t, detach_uncond=True)
+        _, v_base = self._velocities(batch)
+        v = batch.guidance.velocity(self.model.velocity, x, t, detach_uncond=True,
+                                    uncond_velocity=batch.cache.get("v_theta_uncond"))
         with torch.no_grad():
-            v_base = batch.guidance.velocity(self.model.base_velocity, x, t)
-            reward_grad = self._reward_gradient(x, t, v.detach(), batch.prompts)
+            reward_grad = self._reward_gradient_at_transitions(batch)
             self._norms.append(reward_grad.flatten(1).norm(dim=1))
             g = self._value_gradient(x, t, reward_grad, batch.guidance.cond)
             target = v_base - self.settings.beta * g

@@ -2,8 +2,9 @@
 
 diffusers components are loaded from a local diffusers-format directory (``local_files_only``):
 the transformer in ``settings["dtype"]`` (bf16 for the paper's runs, fp32 in the CPU tests) with a
-peft LoRA on ``to_q``, ``to_k``, ``to_v``, ``to_out.0`` whose weights stay in fp32, the VAE and
-rewards in fp32.
+peft LoRA on ``to_q``, ``to_k``, ``to_v``, ``to_out.0`` whose weights stay in fp32 (its products
+run in the transformer's dtype unless ``lora_compute_dtype`` is ``float32``), the VAE and rewards
+in fp32.
 
 Conventions, converted here and nowhere else (:mod:`vggflow.timegrid`): SD3 integrates in
 sigma = 1 - t from sigma = 1 (noise) to 0 and predicts dx/dsigma = noise - data; the paper's
@@ -19,6 +20,7 @@ CLIP embedding (P <= D entries, zero padded).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -26,6 +28,7 @@ from pathlib import Path
 import torch
 import torch.utils.checkpoint
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from vggflow.timegrid import sigma_from_time, velocity_from_sigma_convention
 
@@ -34,7 +37,8 @@ LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 PIPELINE_PARTS = ("scheduler", "transformer", "vae", "text_encoder", "tokenizer",
                   "text_encoder_2", "tokenizer_2")
 FETCH_HINT = ("the SD3 files are fetched by `snakemake fetch_sd3_resources --cores 1 "
-              "--configfile config/paper.yaml` (tiny-sd3: made by the rule make_tiny_sd3)")
+              "--configfile config/paper.yaml` (tiny-sd3 and random weights: made by the rule "
+              "make_random_sd3)")
 DEFAULT_SETTINGS = {
     "resolution": 1024,            # image side in pixels; latents are resolution / 8
     "dtype": "bfloat16",           # the transformer's and text encoders' weights
@@ -42,7 +46,9 @@ DEFAULT_SETTINGS = {
     "max_sequence_length": 256,    # T5 tokens
     "train_decoder": "tiny",       # reward-gradient decoder: "tiny" (taesd3) or "full" VAE
     "gradient_checkpointing": False,
+    "lora_compute_dtype": "model",  # "model": LoRA products in the transformer's dtype; "float32"
 }
+LORA_COMPUTE_DTYPES = ("model", "float32")
 
 
 def check_pipeline_dir(path: str | Path) -> Path:
@@ -87,6 +93,38 @@ def decode_latents(vae: nn.Module, latents: Tensor) -> Tensor:
     return (images / 2 + 0.5).clamp(0, 1)
 
 
+def lora_forward_in_input_dtype(layer: nn.Module, x: Tensor, *args, **kwargs) -> Tensor:
+    """A peft LoRA ``Linear``'s forward with its fp32 factors cast to the input's dtype (bf16):
+    base(x) + (x A^T)(scaling B)^T, the sum fused into one matrix product. peft instead casts x
+    to the factors' fp32, which moves several activation-sized fp32 tensors per layer. The
+    factors stay fp32 (the optimizer's copy); their gradients arrive through the casts."""
+    result = layer.base_layer(x, *args, **kwargs)
+    if layer.disable_adapters or layer.merged:
+        return result
+    for name in layer.active_adapters:
+        if name not in layer.lora_A:
+            continue
+        down = layer.lora_A[name].weight.to(x.dtype)
+        up = (layer.lora_B[name].weight * layer.scaling[name]).to(x.dtype)
+        hidden = F.linear(x, down)
+        result = torch.addmm(result.reshape(-1, result.shape[-1]),
+                             hidden.reshape(-1, hidden.shape[-1]), up.t()).view(result.shape)
+    return result
+
+
+def compute_lora_in_input_dtype(module: nn.Module) -> int:
+    """Give every peft LoRA ``Linear`` inside ``module`` :func:`lora_forward_in_input_dtype`
+    (no dropout: rejected); returns how many layers changed."""
+    from peft.tuners.lora import Linear as LoraLinear
+
+    layers = [m for m in module.modules() if isinstance(m, LoraLinear)]
+    for layer in layers:
+        if any(not isinstance(d, nn.Identity) for d in layer.lora_dropout.values()):
+            raise ValueError("LoRA dropout is not supported by the input-dtype LoRA forward")
+        layer.forward = functools.partial(lora_forward_in_input_dtype, layer)
+    return len(layers)
+
+
 class SD3FlowModel:
     """SD3 (medium, or a tiny test model of the same classes) with a LoRA; implements
     ``FlowModel`` in the paper's time convention."""
@@ -121,6 +159,12 @@ class SD3FlowModel:
         for param in self.transformer.parameters():
             if param.requires_grad:
                 param.data = param.data.float()
+        if self.settings["lora_compute_dtype"] not in LORA_COMPUTE_DTYPES:
+            raise ValueError(f"model.lora_compute_dtype must be one of "
+                             f"{', '.join(LORA_COMPUTE_DTYPES)}, got "
+                             f"{self.settings['lora_compute_dtype']!r}")
+        if self.settings["lora_compute_dtype"] == "model":
+            compute_lora_in_input_dtype(self.transformer)
         self._adapters_enabled = True
         if self.settings["gradient_checkpointing"]:
             self.transformer.enable_gradient_checkpointing(self._checkpoint)
