@@ -29,13 +29,6 @@ from vggflow.sampling import Guidance
 from vggflow.train import build_suite
 
 
-def use_peft_forward(transformer: torch.nn.Module) -> None:
-    """Undo :func:`compute_lora_in_input_dtype`: peft's class forward again."""
-    for module in transformer.modules():
-        if "forward" in vars(module) and hasattr(module, "lora_A"):
-            del module.forward
-
-
 def timed(fn, device: str, repeats: int) -> tuple[float, float]:
     """(seconds of the first call, best seconds of ``repeats`` later calls)."""
     synchronize(device)
@@ -120,7 +113,7 @@ def main() -> None:
         table["matmul_tflops"] = peak / 1e12
         table.to_csv(args.out, index=False)
 
-    use_peft_forward(model.transformer)
+    compute_lora_in_input_dtype(model.transformer, enabled=False)  # peft's forward
     measure("peft_fp32", "forward", rollout_step, 2 * batch)
     measure("peft_fp32", "train", train_step, transitions)
     compute_lora_in_input_dtype(model.transformer)

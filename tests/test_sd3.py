@@ -252,6 +252,7 @@ def test_lora_forward_in_bf16_matches_peft_and_trains_the_fp32_factors():
     x = torch.randn(2, 10, 64).to(torch.bfloat16)
     peft_net, ours = layer_with_lora(), layer_with_lora()
     assert compute_lora_in_input_dtype(ours) == 1
+    assert type(ours[0]).__name__ == "InputDtypeLoraLinear"
     want, got = peft_net(x), ours(x)
     assert got.dtype == torch.bfloat16
     base = ours[0].base_layer(x)
@@ -271,5 +272,7 @@ def test_lora_forward_in_bf16_matches_peft_and_trains_the_fp32_factors():
         assert all(g.dtype == torch.float32 for g in grads[net])
     for a, b in zip(grads["peft"], grads["ours"]):
         assert torch.allclose(a, b, rtol=3e-2, atol=3e-2 * b.abs().max().item())
+    compute_lora_in_input_dtype(ours, enabled=False)  # peft's own forward again
+    assert torch.equal(ours(x), peft_net(x))
     ours[0].enable_adapters(False)
     assert torch.equal(ours(x), base)

@@ -112,16 +112,25 @@ def lora_forward_in_input_dtype(layer: nn.Module, x: Tensor, *args, **kwargs) ->
     return result
 
 
-def compute_lora_in_input_dtype(module: nn.Module) -> int:
-    """Give every peft LoRA ``Linear`` inside ``module`` :func:`lora_forward_in_input_dtype`
-    (no dropout: rejected); returns how many layers changed."""
-    from peft.tuners.lora import Linear as LoraLinear
+@functools.cache
+def input_dtype_lora_class() -> type:
+    """peft's LoRA ``Linear`` with :func:`lora_forward_in_input_dtype` as its forward (one class
+    for every layer, so ``torch.compile`` compiles one block's code for all blocks)."""
+    from peft.tuners.lora import Linear
 
-    layers = [m for m in module.modules() if isinstance(m, LoraLinear)]
+    return type("InputDtypeLoraLinear", (Linear,), {"forward": lora_forward_in_input_dtype})
+
+
+def compute_lora_in_input_dtype(module: nn.Module, enabled: bool = True) -> int:
+    """Switch every peft LoRA ``Linear`` inside ``module`` to :func:`lora_forward_in_input_dtype`
+    (``enabled``) or back to peft's forward; no dropout (rejected). Returns how many layers."""
+    from peft.tuners.lora import Linear
+
+    layers = [m for m in module.modules() if isinstance(m, Linear)]
     for layer in layers:
         if any(not isinstance(d, nn.Identity) for d in layer.lora_dropout.values()):
             raise ValueError("LoRA dropout is not supported by the input-dtype LoRA forward")
-        layer.forward = functools.partial(lora_forward_in_input_dtype, layer)
+        layer.__class__ = input_dtype_lora_class() if enabled else Linear
     return len(layers)
 
 
