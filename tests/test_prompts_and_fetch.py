@@ -312,3 +312,41 @@ def test_check_accepts_a_resolved_run_block(tmp_path):
     assert entries[-1].key == "prompts.files[0]" and entries[-1].path.name == "pick_a_pic.txt"
     with pytest.raises(ConfigError, match=r"resources.prompts.files\[0\]: .*pick_a_pic.txt"):
         check_resources(block)
+
+
+def test_fetch_dreamsim_uses_the_package_downloader_and_stages_the_folder(tmp_path, monkeypatch):
+    """features.dreamsim is filled by dreamsim's own downloader in a staging folder, checked for
+    every file DreamSimFeatures reads, and renamed into place; torch hub's directory is
+    restored; a failed download leaves nothing at the path."""
+    import dreamsim
+    import torch
+
+    from vggflow.metrics.features import DREAMSIM_FILES
+
+    calls = []
+
+    def fake_dreamsim(pretrained, device, cache_dir, dreamsim_type):
+        calls.append((pretrained, dreamsim_type))
+        torch.hub.set_dir(cache_dir)  # as dreamsim's extractor does
+        for name in (*DREAMSIM_FILES, "pretrained.zip"):
+            write(Path(cache_dir) / name, name)
+        return None, None
+
+    monkeypatch.setattr(dreamsim, "dreamsim", fake_dreamsim)
+    hub_dir = torch.hub.get_dir()
+    folder = tmp_path / "sd3" / "dreamsim"
+    manifest = fetch_resources({"features": {"dreamsim": str(folder)}}, tmp_path / "m.json")
+    assert calls == [(True, "ensemble")] and torch.hub.get_dir() == hub_dir
+    assert all((folder / name).is_file() for name in DREAMSIM_FILES)
+    assert not (folder / "pretrained.zip").exists() and not list(tmp_path.rglob("*.partial"))
+    assert len(manifest["files"]) == len(DREAMSIM_FILES)
+    assert "dreamsim" in manifest["entries"]["features.dreamsim"]["source"]
+
+    def offline(**kwargs):
+        raise OSError("no route to github.com")
+
+    monkeypatch.setattr(dreamsim, "dreamsim", offline)
+    other = tmp_path / "other" / "dreamsim"
+    with pytest.raises(FetchError, match="dreamsim package's download.*internet"):
+        fetch_resources({"features": {"dreamsim": str(other)}}, tmp_path / "m2.json")
+    assert not other.exists()

@@ -97,7 +97,21 @@ class RepoFile:
         return "repository"
 
 
-Source = HubSource | UrlSource | RepoFile
+@dataclass(frozen=True)
+class DreamSimSource:
+    """DreamSim's ensemble folder as the ``dreamsim`` package fills it: its GitHub release zip,
+    and torch hub's facebookresearch/dino repository and DINO ViT-B/16 checkpoint (dreamsim uses
+    the folder as torch hub's directory)."""
+
+    url: str
+    licence: str = ""
+    approx_size: str = ""
+
+    def describe(self) -> str:
+        return f"{self.url} and torch hub's facebookresearch/dino, by the dreamsim package"
+
+
+Source = HubSource | UrlSource | RepoFile | DreamSimSource
 
 
 def _diffusers_folders(*folders: str) -> tuple[str, ...]:
@@ -146,6 +160,11 @@ SD3_SOURCES: dict[str, Source] = {
         "weights-inception-2015-12-05-6726825d.pth",
         licence="Apache-2.0 (torch-fidelity's port of TensorFlow's FID Inception-v3)",
         approx_size="~92 MB"),
+    "features.dreamsim": DreamSimSource(
+        "https://github.com/ssundaram21/dreamsim/releases/download/v0.2.0-checkpoints/"
+        "dreamsim_ensemble_checkpoint.zip",
+        licence="MIT (DreamSim); DINO Apache-2.0; CLIP and OpenCLIP MIT",
+        approx_size="about 1 GB (not verified offline)"),
     "rewards.pickscore.processor": HubSource(
         "laion/CLIP-ViT-H-14-laion2B-s32B-b79K", allow_patterns=_PROCESSOR_FILES,
         licence="MIT", approx_size="~3 MB (processor and tokenizer files, no weights)"),
@@ -159,6 +178,7 @@ DIR_MARKERS: dict[str, str] = {
     "rewards.aesthetic.clip": "config.json",
     "rewards.pickscore.model": "config.json",
     "rewards.pickscore.processor": "preprocessor_config.json",
+    "features.dreamsim": "ensemble_lora/adapter_config.json",
 }
 
 PROMPT_SOURCES: dict[str, Source] = {
@@ -174,7 +194,7 @@ PROMPT_SOURCES: dict[str, Source] = {
 
 # Key paths of path-valued entries, in fetch order (small files first).
 _PATH_KEYS = ("rewards.aesthetic.mlp", "tiny_vae", "rewards.pickscore.processor",
-              "features.inception",
+              "features.inception", "features.dreamsim",
               "rewards.aesthetic.clip", "rewards.hpsv2.checkpoint", "rewards.pickscore.model",
               "pipeline")
 
@@ -462,6 +482,34 @@ def _fetch_url(entry: Entry, source: UrlSource) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def _fetch_dreamsim(entry: Entry) -> None:
+    """Let the dreamsim package download into a staging folder; check it; rename into place."""
+    import torch
+    from dreamsim import dreamsim
+
+    from vggflow.metrics.features import DREAMSIM_FILES
+
+    staging = entry.path.parent / f".{entry.path.name}.partial"
+    staging.mkdir(parents=True, exist_ok=True)
+    hub_dir = torch.hub.get_dir()
+    try:
+        dreamsim(pretrained=True, device="cpu", cache_dir=str(staging), dreamsim_type="ensemble")
+    except Exception as error:  # HTTP, zip and OS errors: keep the staging folder to resume
+        raise FetchError(f"resources.{entry.key}: the dreamsim package's download into "
+                         f"{staging} failed: {error}; this needs internet access (GitHub and "
+                         "dl.fbaipublicfiles.com)") from error
+    finally:
+        torch.hub.set_dir(hub_dir)
+    missing = [name for name in DREAMSIM_FILES if not (staging / name).exists()]
+    if missing:
+        raise FetchError(f"resources.{entry.key}: the DreamSim download in {staging} lacks "
+                         f"{', '.join(missing)}; the dreamsim package's layout may have changed")
+    (staging / "pretrained.zip").unlink(missing_ok=True)
+    if entry.path.exists():
+        shutil.rmtree(entry.path)
+    os.replace(staging, entry.path)
+
+
 def fetch_resources(resources: Mapping, manifest_path: str | os.PathLike,
                     token: str | None = None, download: bool = True) -> dict:
     """Download every file of the SD3 resources block into the path the config gives.
@@ -503,6 +551,8 @@ def fetch_resources(resources: Mapping, manifest_path: str | os.PathLike,
                   + (f" ({source.approx_size})" if source.approx_size else ""), flush=True)
             if isinstance(source, HubSource):
                 commit = _fetch_hub(entry, source, token)
+            elif isinstance(source, DreamSimSource):
+                _fetch_dreamsim(entry)
             else:
                 _fetch_url(entry, source)
         if records is None:

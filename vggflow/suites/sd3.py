@@ -86,9 +86,12 @@ class SD3Suite(RegisteredSuite):
         elif backend == "inception":
             network = features.InceptionFeatures(feature_weights_path("inception",
                                                                       self.resources))
+        elif backend == "dreamsim":
+            network = features.DreamSimFeatures(feature_weights_path("dreamsim", self.resources),
+                                                self.device)
         else:
             raise ValueError(f"suite {self.name} has no feature backend {backend!r}; it offers "
-                             "lite0, clip, inception")
+                             "lite0, clip, inception, dreamsim")
         network = network.to(self.device)
         return lambda images: network(images.to(self.device))
 
