@@ -7,8 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from vggflow.config import DREAMSIM_FILES
 from vggflow.metrics.diversity import diversity
-from vggflow.metrics.features import DREAMSIM_FILES, DreamSimFeatures
+from vggflow.metrics.features import DreamSimFeatures
 
 HUBCONF = '''"""Stand-in for facebookresearch/dino's hubconf (tests): DINO's ViT-B/16 from
 the cached checkpoint, as the real one loads it after downloading."""
@@ -99,6 +100,6 @@ def test_dreamsim_folder_with_a_missing_file_names_it(dreamsim_folder, tmp_path)
     partial = tmp_path / "dreamsim"
     partial.mkdir()
     (partial / "ensemble_lora").symlink_to(dreamsim_folder / "ensemble_lora")
-    with pytest.raises(FileNotFoundError, match="lacks dino_vitb16_pretrain.pth.*"
+    with pytest.raises(FileNotFoundError, match="lack .*/dino_vitb16_pretrain.pth.*"
                                                 "fetch_sd3_resources"):
         DreamSimFeatures(str(partial))

@@ -321,7 +321,7 @@ def test_fetch_dreamsim_uses_the_package_downloader_and_stages_the_folder(tmp_pa
     import dreamsim
     import torch
 
-    from vggflow.metrics.features import DREAMSIM_FILES
+    from vggflow.config import DREAMSIM_FILES
 
     calls = []
 

@@ -177,7 +177,7 @@ def test_feature_networks_of_the_sd3_suites(tiny_sd3, tmp_path, monkeypatch):
 
 
 def test_feature_backends_with_missing_weights_stop_unless_the_fallback_is_chosen(tmp_path):
-    from vggflow.config import ConfigError, resolve_feature_backends
+    from vggflow.config import DREAMSIM_FILES, ConfigError, resolve_feature_backends
 
     clip_dir = tmp_path / "clip"
     clip_dir.mkdir()
@@ -190,6 +190,16 @@ def test_feature_backends_with_missing_weights_stop_unless_the_fallback_is_chose
     assert resolve_feature_backends(with_fallback, resources) == ["clip", "lite0"]
     (tmp_path / "inception.pth").write_bytes(b"")
     assert resolve_feature_backends(asked, resources) == ["clip", "inception"]
+    # DreamSim is a folder: every file it reads must be there, the missing ones are named
+    dreamsim = tmp_path / "dreamsim"
+    for name in DREAMSIM_FILES[1:]:
+        (dreamsim / name).parent.mkdir(parents=True, exist_ok=True)
+        (dreamsim / name).write_bytes(b"")
+    resources["features"]["dreamsim"] = str(dreamsim)
+    with pytest.raises(ConfigError, match=r"dreamsim/dino_vitb16_pretrain.pth are missing"):
+        resolve_feature_backends({"features": ["dreamsim"]}, resources)
+    (dreamsim / DREAMSIM_FILES[0]).write_bytes(b"")
+    assert resolve_feature_backends({"features": ["dreamsim"]}, resources) == ["dreamsim"]
 
 
 @pytest.mark.parametrize("method", ["vggflow", "vggflow_pmp", "adjoint_matching", "refl",

@@ -285,13 +285,16 @@ def test_single_seed_reruns_plan_only_what_they_name(tmp_path):
 def paper_placeholders(root: Path) -> None:
     """Empty stand-ins for every file of config/paper.yaml under ``root`` (folders get their
     marker file), so that the workflow plans the paper's jobs without the real weights."""
+    from vggflow.config import DREAMSIM_FILES
     from vggflow.fetch import resource_entries
 
     config = yaml.safe_load((REPO / "config/paper.yaml").read_text())
     for entry in resource_entries(config["resources"]["sd3"]):
-        target = root / entry.path / (entry.marker or "")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text("{}" if entry.marker else "")
+        names = DREAMSIM_FILES if entry.key == "features.dreamsim" else [entry.marker or ""]
+        for name in names:
+            target = root / entry.path / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text("{}" if entry.marker else "")
 
 
 def test_the_paper_config_stops_before_any_job_when_a_file_is_missing(tmp_path):

