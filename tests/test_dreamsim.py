@@ -4,12 +4,17 @@ hub's DINO repository whose ``dino_vitb16`` builds DINO's ViT-B/16 as the real h
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 import torch
 
 from vggflow.config import DREAMSIM_FILES
 from vggflow.metrics.diversity import diversity
 from vggflow.metrics.features import DreamSimFeatures
+
+REAL_ROOT = os.environ.get("VGGFLOW_SD3_RESOURCES")  # real files: <root>/dreamsim
 
 HUBCONF = '''"""Stand-in for facebookresearch/dino's hubconf (tests): DINO's ViT-B/16 from
 the cached checkpoint, as the real one loads it after downloading."""
@@ -103,3 +108,31 @@ def test_dreamsim_folder_with_a_missing_file_names_it(dreamsim_folder, tmp_path)
     with pytest.raises(FileNotFoundError, match="lack .*/dino_vitb16_pretrain.pth.*"
                                                 "fetch_sd3_resources"):
         DreamSimFeatures(str(partial))
+
+
+@pytest.mark.skipif(not REAL_ROOT or not (Path(REAL_ROOT) / "dreamsim").is_dir(),
+                    reason="VGGFLOW_SD3_RESOURCES/dreamsim is absent (real DreamSim weights)")
+def test_real_dreamsim_matches_its_own_preprocessing_and_tells_images_apart():
+    """Real weights: our tensor resize gives DreamSim's PIL-preprocessed embedding (cosine
+    distance under 0.02); an image is at distance 0 from itself and far from noise."""
+    from PIL import Image
+
+    folder = Path(REAL_ROOT) / "dreamsim"
+    features = DreamSimFeatures(str(folder))
+    ramp = torch.linspace(0, 1, 256)
+    image = torch.stack([ramp[None, :].expand(256, 256), ramp[:, None].expand(256, 256),
+                         torch.full((256, 256), 0.3)])
+    noise = torch.rand(3, 256, 256, generator=torch.Generator().manual_seed(0))
+    ours = features(torch.stack([image, image, noise]))
+    pil = Image.fromarray((image.permute(1, 2, 0) * 255).round().byte().numpy())
+    import dreamsim
+
+    hub_dir = torch.hub.get_dir()
+    _, preprocess = dreamsim.dreamsim(pretrained=True, device="cpu", cache_dir=str(folder))
+    torch.hub.set_dir(hub_dir)
+    with torch.no_grad():
+        theirs = features.model.embed(preprocess(pil))
+    cosine = torch.nn.functional.cosine_similarity
+    assert 1 - cosine(ours[:1], theirs).item() < 0.02
+    assert 1 - cosine(ours[:1], ours[1:2]).item() < 1e-6
+    assert 1 - cosine(ours[:1], ours[2:]).item() > 0.1
