@@ -12,7 +12,7 @@ import torch
 
 from vggflow.config import DREAMSIM_FILES
 from vggflow.metrics.diversity import diversity
-from vggflow.metrics.features import DreamSimFeatures
+from vggflow.metrics.features import DreamSimFeatures, torch_hub_dir_kept
 
 REAL_ROOT = os.environ.get("VGGFLOW_SD3_RESOURCES")  # real files: <root>/dreamsim
 
@@ -69,9 +69,8 @@ def write_random_dreamsim(folder) -> None:
 @pytest.fixture(scope="module")
 def dreamsim_folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("dreamsim")
-    hub_dir = torch.hub.get_dir()
-    write_random_dreamsim(folder)  # dreamsim's model points torch hub at the folder
-    torch.hub.set_dir(hub_dir)
+    with torch_hub_dir_kept():  # dreamsim's model points torch hub at the folder
+        write_random_dreamsim(folder)
     assert all((folder / name).exists() for name in DREAMSIM_FILES)
     return folder
 
@@ -85,8 +84,7 @@ def test_dreamsim_diversity_is_the_mean_pairwise_dreamsim_distance(dreamsim_fold
     images = torch.rand(4, 3, 64, 64)
     with torch.no_grad():
         embeds = features(images)
-        x = torch.nn.functional.interpolate(images, size=(224, 224), mode="bicubic",
-                                            antialias=True).clamp(0, 1)
+        x = features.resize(images)
         pairs = [(i, j) for i in range(4) for j in range(4) if i != j]
         distances = features.model(x[[i for i, _ in pairs]], x[[j for _, j in pairs]])
         with features.model.disable_adapter():
@@ -127,9 +125,8 @@ def test_real_dreamsim_matches_its_own_preprocessing_and_tells_images_apart():
     pil = Image.fromarray((image.permute(1, 2, 0) * 255).round().byte().numpy())
     import dreamsim
 
-    hub_dir = torch.hub.get_dir()
-    _, preprocess = dreamsim.dreamsim(pretrained=True, device="cpu", cache_dir=str(folder))
-    torch.hub.set_dir(hub_dir)
+    with torch_hub_dir_kept():
+        _, preprocess = dreamsim.dreamsim(pretrained=True, device="cpu", cache_dir=str(folder))
     with torch.no_grad():
         theirs = features.model.embed(preprocess(pil))
     cosine = torch.nn.functional.cosine_similarity

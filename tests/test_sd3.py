@@ -275,11 +275,10 @@ def test_lora_forward_in_bf16_matches_peft_and_trains_the_fp32_factors():
     for out in (want, got):
         assert (out.float() - exact).abs().max() < 2**-6 * scale
     grads = {}
-    for net, out in (("peft", want), ("ours", got)):
-        module = {"peft": peft_net, "ours": ours}[net]
+    for name, module, out in (("peft", peft_net, want), ("ours", ours, got)):
         factors = [p for n, p in module.named_parameters() if "lora_" in n]
-        grads[net] = torch.autograd.grad(out.float().square().sum(), factors)
-        assert all(g.dtype == torch.float32 for g in grads[net])
+        grads[name] = torch.autograd.grad(out.float().square().sum(), factors)
+        assert all(g.dtype == torch.float32 for g in grads[name])
     for a, b in zip(grads["peft"], grads["ours"]):
         assert torch.allclose(a, b, rtol=3e-2, atol=3e-2 * b.abs().max().item())
     compute_lora_in_input_dtype(ours, enabled=False)  # peft's own forward again

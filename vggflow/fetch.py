@@ -484,22 +484,21 @@ def _fetch_url(entry: Entry, source: UrlSource) -> None:
 
 def _fetch_dreamsim(entry: Entry) -> None:
     """Let the dreamsim package download into a staging folder; check it; rename into place."""
-    import torch
     from dreamsim import dreamsim
 
     from vggflow.config import missing_feature_files
+    from vggflow.metrics.features import torch_hub_dir_kept
 
     staging = entry.path.parent / f".{entry.path.name}.partial"
     staging.mkdir(parents=True, exist_ok=True)
-    hub_dir = torch.hub.get_dir()
     try:
-        dreamsim(pretrained=True, device="cpu", cache_dir=str(staging), dreamsim_type="ensemble")
+        with torch_hub_dir_kept():
+            dreamsim(pretrained=True, device="cpu", cache_dir=str(staging),
+                     dreamsim_type="ensemble")
     except Exception as error:  # HTTP, zip and OS errors: keep the staging folder to resume
         raise FetchError(f"resources.{entry.key}: the dreamsim package's download into "
                          f"{staging} failed: {error}; this needs internet access (GitHub and "
                          "dl.fbaipublicfiles.com)") from error
-    finally:
-        torch.hub.set_dir(hub_dir)
     missing = missing_feature_files("dreamsim", staging)
     if missing:
         raise FetchError(f"resources.{entry.key}: the DreamSim download in {staging} lacks "

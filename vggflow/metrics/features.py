@@ -18,6 +18,9 @@ design.md 5a: its FID-style numbers are not comparable with published Inception 
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -88,6 +91,16 @@ class InceptionFeatures(nn.Module):
         return self.net(pixels).reshape(len(images), -1)
 
 
+@contextlib.contextmanager
+def torch_hub_dir_kept() -> Iterator[None]:
+    """torch hub's directory as it was after the block: loading DreamSim sets it to its folder."""
+    hub_dir = torch.hub.get_dir()
+    try:
+        yield
+    finally:
+        torch.hub.set_dir(hub_dir)
+
+
 class DreamSimFeatures(nn.Module):
     """DreamSim ensemble embeddings (N, 1792) of images in [0, 1], resized to 224 x 224 (bicubic,
     antialiased, as DreamSim's PIL preprocessing); 1 - cosine of two is DreamSim's distance."""
@@ -102,22 +115,22 @@ class DreamSimFeatures(nn.Module):
                 f"DreamSim's weights lack {', '.join(missing)}; fetch the folder with "
                 "`snakemake fetch_sd3_resources` (config/README.md, 'SD3 suite: files, sources "
                 "and licences')")
-        import contextlib
         import io
 
         from dreamsim import dreamsim
 
-        hub_dir = torch.hub.get_dir()  # dreamsim points torch hub at its folder
-        try:
-            with contextlib.redirect_stdout(io.StringIO()):  # its "Using cached ..." lines
-                self.model, _ = dreamsim(pretrained=True, device=device, cache_dir=str(folder),
-                                         normalize_embeds=True, dreamsim_type="ensemble")
-        finally:
-            torch.hub.set_dir(hub_dir)
+        # stdout: its "Using cached ..." lines
+        with torch_hub_dir_kept(), contextlib.redirect_stdout(io.StringIO()):
+            self.model, _ = dreamsim(pretrained=True, device=device, cache_dir=str(folder),
+                                     normalize_embeds=True, dreamsim_type="ensemble")
         self.model.requires_grad_(False).eval()
+
+    @staticmethod
+    def resize(images: Tensor) -> Tensor:
+        """Images in [0, 1] at DreamSim's 224 x 224 (bicubic, antialiased)."""
+        return F.interpolate(images.float(), size=(DREAMSIM_SIZE, DREAMSIM_SIZE), mode="bicubic",
+                             antialias=True, align_corners=False).clamp(0, 1)
 
     @torch.no_grad()
     def forward(self, images: Tensor) -> Tensor:
-        x = F.interpolate(images.float(), size=(DREAMSIM_SIZE, DREAMSIM_SIZE), mode="bicubic",
-                          antialias=True, align_corners=False).clamp(0, 1)
-        return self.model.embed(x)
+        return self.model.embed(self.resize(images))
