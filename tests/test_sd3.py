@@ -285,3 +285,38 @@ def test_lora_forward_in_bf16_matches_peft_and_trains_the_fp32_factors():
     assert torch.equal(ours(x), peft_net(x))
     ours[0].enable_adapters(False)
     assert torch.equal(ours(x), base)
+
+
+def test_base_jacobian_difference_resolves_in_bf16_at_the_papers_scale(tiny_sd3):
+    """VGG-Flow's J_{v_base} g difference with the flow model in bf16 and g of the size the
+    paper's beta gives (1e-6 per latent entry): along unit-RMS g with SD3's step (0.1) it stays
+    near the float64 product, while the former step eps * g (eps 1e-3) vanishes in the input's
+    bf16 rounding, and with a larger g gives rounding noise many times the product."""
+    from vggflow.methods.vggflow import unit_rms_central_difference
+
+    def base_velocity(dtype: str):
+        model = SD3FlowModel(tiny_sd3["pipeline"], {**SETTINGS, "dtype": dtype}, 4, 4, "cpu",
+                             tiny_sd3["tiny_vae"])
+        cond = model.encode_prompts(PROMPTS).to(model.dtype)
+        t = torch.tensor([0.3, 0.7], dtype=model.dtype)
+        return model, lambda y: model.base_velocity(y.to(model.dtype), t, cond).double()
+
+    model, float64 = base_velocity("float64")
+    _, bf16 = base_velocity("bfloat16")
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(len(PROMPTS), *model.sample_shape, generator=generator, dtype=torch.float64)
+    direction = torch.randn(x.shape, generator=generator, dtype=torch.float64)
+    with torch.no_grad():
+        exact = unit_rms_central_difference(float64, x, direction, 1e-6)
+
+        def error(product):
+            return ((product - exact).norm() / exact.norm()).item()
+
+        errors = {"unit RMS, step 0.1": error(unit_rms_central_difference(bf16, x, direction, 0.1)),
+                  **{f"eps * g, rms(g) {scale:g}": error(
+                      (bf16(x + 1e-3 * scale * direction) - bf16(x - 1e-3 * scale * direction))
+                      / (2e-3 * scale)) for scale in (1e-6, 1e-2)}}
+    print("J_vbase g in bf16, relative error against float64:", errors)
+    assert errors["unit RMS, step 0.1"] < 0.1, errors
+    assert errors["eps * g, rms(g) 1e-06"] == pytest.approx(1.0), errors  # the difference is 0
+    assert errors["eps * g, rms(g) 0.01"] > 3, errors

@@ -7,7 +7,7 @@ import torch
 
 from vggflow.config import ConfigError, RunConfig
 from vggflow.methods import METHODS, load_builtin_methods
-from vggflow.methods.vggflow import ETA_SCHEDULES, clip_per_sample
+from vggflow.methods.vggflow import ETA_SCHEDULES, clip_per_sample, unit_rms_central_difference
 from vggflow.sampling import subsample_steps
 from vggflow.suites.digits import DigitsSuite
 from vggflow.train import Trainer
@@ -157,12 +157,11 @@ def test_finite_difference_consistency_terms_match_exact_ones_on_digits(make_run
         return batch.guidance.velocity(method.model.base_velocity, y, t)
 
     with torch.no_grad():
-        fd_jg = (base(x + eps * g) - base(x - eps * g)) / (2 * eps)
+        fd_jg = unit_rms_central_difference(base, x, g, method.settings.fd_eps_base)
     _, jg = torch.autograd.functional.jvp(base, x, g)  # peft toggles break torch.func here
     errors = {"d_t g + (grad g) w": ((fd_dg - dg).norm() / dg.norm()).item(),
               "J_vbase g": ((fd_jg - jg).norm() / jg.norm()).item()}
     print("finite-difference vs exact, relative error on digits:", errors)
-    # Measured here: 4.6e-5 and 4.2e-3 (fp32, eps 1e-3).
     assert errors["d_t g + (grad g) w"] < 2e-2 and errors["J_vbase g"] < 2e-2, errors
     # The full residuals also differ because the paper's finite difference forms J g where the
     # HJB term is J^T g; a learned velocity's Jacobian is not symmetric (toy2d's exact one is).
@@ -188,3 +187,41 @@ def test_vggflow_raises_every_digits_reward_for_every_seed(make_run_config, tmp_
         prompts = [p for p in trainer.suite.eval_prompts() for _ in range(samples[0].shape[1])]
         scores = [trainer.reward(s.flatten(0, 1), prompts).mean().item() for s in samples]
         assert scores[1] > scores[0], (seed, scores)
+
+
+def test_finite_differences_of_g_run_without_tf32(make_run_config, monkeypatch):
+    """The g evaluations that are differenced (steps of 1e-3, about two TF32 rounding units) run
+    with CUDA's TF32 off; the others keep the configured setting, restored afterwards."""
+    cfg = RunConfig.from_mapping(make_run_config(method={"consistency": "finite_difference"}))
+    trainer = Trainer(cfg, "/nonexistent-state", threads=1)
+    method = trainer.method
+    batch = method.prepare(trainer.rollout_batch(torch.Generator().manual_seed(0)),
+                           torch.Generator().manual_seed(0))
+    seen = []
+    forward = method.value_net.forward
+
+    def recording(*args):
+        seen.append((torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32))
+        return forward(*args)
+
+    monkeypatch.setattr(method.value_net, "forward", recording)
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        method.consistency_residual(batch)
+        after = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+    # g at the transitions, then g at x + eps w and x - eps w
+    assert seen == [(True, True), (False, False), (False, False)]
+    assert after == (True, True)
+
+
+def test_unit_rms_central_difference_by_hand():
+    """f(y) = A y per sample: the difference is A d for any step and any scale of d (a zero
+    direction gives 0), up to rounding."""
+    a = torch.tensor([[2.0, -1.0], [0.5, 3.0]], dtype=torch.float64)
+    x = torch.tensor([[1.0, 2.0], [-1.0, 0.5]], dtype=torch.float64)
+    d = torch.tensor([[1e-9, 3e-9], [0.0, 0.0]], dtype=torch.float64)
+    out = unit_rms_central_difference(lambda y: y @ a.T, x, d, 0.1)
+    torch.testing.assert_close(out, d @ a.T, rtol=1e-9, atol=0)

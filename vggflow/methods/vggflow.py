@@ -7,9 +7,13 @@ Paper convention (t = 1 is data). With g_phi ~ grad V and beta = 1 / lambda:
 * consistency (Eq. 12): R = d_t g + (grad g) w + J_{v_base}^T stopgrad(g) with
   w = stopgrad(v_base - beta g). ``consistency: exact`` uses torch.func (a jvp of g along (w, 1)
   and a vjp of v_base); ``finite_difference`` (the paper's form, for SD3) uses central
-  differences [g(x + eps w, t + eps) - g(x - eps w, t - eps)] / (2 eps) and
-  [v_base(x + eps d) - v_base(x - eps d)] / (2 eps) with d = stopgrad(g) (a J g product, equal to
-  J^T g for exact Gaussian-path velocities). Gradients reach phi only through the g evaluations;
+  differences [g(x + eps w, t + eps) - g(x - eps w, t - eps)] / (2 eps), evaluated with CUDA's
+  TF32 off (a 1e-3 relative step is about two TF32 rounding units), and a J g product (equal to
+  J^T g for exact Gaussian-path velocities) taken along g rescaled to unit RMS per sample:
+  rms(g) [v_base(x + h u) - v_base(x - h u)] / (2 h), u = g / rms(g), h = ``fd_eps_base``. g is
+  about control / beta (1e-6 per latent entry at the paper's beta), so a step eps * g would vanish
+  in the flow model's input rounding; h is chosen for the flow model's dtype (bf16 resolves
+  about 4e-3 of an O(1) latent). Gradients reach phi only through the g evaluations;
 * boundary (Eq. 13 with Eq. 16, eta_1 = 1): alpha * |nu_phi(x_1, 1)|^2 at the final state;
 * matching (Eq. 14): |v_theta - v_base + beta * stopgrad(g)|^2 on the LoRA.
 
@@ -29,8 +33,9 @@ up to floating-point rounding.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -60,12 +65,13 @@ class VGGFlowSettings(OptimizerSettings):
     value_lr: float | None = None
     consistency: str = "exact"
     fd_eps: float = 1e-3
+    fd_eps_base: float = 1e-2
     reward_grad_clip: str = "quantile"
     reward_grad_quantile: float = 0.8
     reward_grad_max_norm: float = 1.0
     reward_grad_chunk: int | None = None
     update_order: str = "sequential"
-    code_version: int = 1
+    code_version: int = 2
 
     def check(self, where: str) -> None:
         require(self.beta > 0, f"{where}.beta", "must be positive")
@@ -77,6 +83,7 @@ class VGGFlowSettings(OptimizerSettings):
                     f"{value!r} is not allowed; allowed values: {', '.join(allowed)}")
         require(self.num_bins >= 1, f"{where}.num_bins", "must be a positive integer")
         require(self.fd_eps > 0, f"{where}.fd_eps", "must be positive")
+        require(self.fd_eps_base > 0, f"{where}.fd_eps_base", "must be positive")
         require(0 < self.reward_grad_quantile <= 1, f"{where}.reward_grad_quantile",
                 "must lie in (0, 1]")
         require(self.reward_grad_max_norm > 0, f"{where}.reward_grad_max_norm", "must be positive")
@@ -100,6 +107,29 @@ class Transitions:
     final: Tensor
     final_guidance: Guidance
     cache: dict[str, Tensor] = dataclasses.field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def full_fp32_precision() -> Iterator[None]:
+    """CUDA's fp32 matrix products and cuDNN convolutions without TF32 inside the block (a no-op
+    on the CPU, which has no TF32), then as before."""
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+
+
+def unit_rms_central_difference(f: Callable[[Tensor], Tensor], x: Tensor, direction: Tensor,
+                                step: float) -> Tensor:
+    """J_f(x) direction per sample (first dimension) by a central difference of step ``step``
+    along the direction rescaled to unit root-mean-square, so that the perturbation has the same
+    size in the dtype f runs in whatever the direction's scale; 0 for a zero direction."""
+    shape = (-1, *([1] * (x.ndim - 1)))
+    rms = direction.flatten(1).pow(2).mean(dim=1).sqrt().reshape(shape)
+    unit = direction / rms.clamp_min(torch.finfo(direction.dtype).tiny)
+    return rms * (f(x + step * unit) - f(x - step * unit)) / (2 * step)
 
 
 def clip_per_sample(grad: Tensor, max_norm: Tensor | float) -> Tensor:
@@ -265,11 +295,13 @@ class VGGFlow(MethodBase):
                 (jg,) = torch.autograd.grad(v_in, x_in, grad_outputs=g.detach())
             return dg + jg, g
         eps = self.settings.fd_eps
-        dg = (g_fn(x + eps * direction, t + eps) - g_fn(x - eps * direction, t - eps)) / (2 * eps)
+        with full_fp32_precision():
+            dg = (g_fn(x + eps * direction, t + eps)
+                  - g_fn(x - eps * direction, t - eps)) / (2 * eps)
         with torch.no_grad():
-            base = self.model.base_velocity
-            jg = (batch.guidance.velocity(base, x + eps * g0, t)
-                  - batch.guidance.velocity(base, x - eps * g0, t)) / (2 * eps)
+            jg = unit_rms_central_difference(
+                lambda y: batch.guidance.velocity(self.model.base_velocity, y, t), x, g0,
+                self.settings.fd_eps_base)
         return dg + jg, g0
 
     def value_loss(self, batch: Transitions) -> dict[str, Tensor]:
