@@ -289,9 +289,10 @@ def test_lora_forward_in_bf16_matches_peft_and_trains_the_fp32_factors():
 
 def test_base_jacobian_difference_resolves_in_bf16_at_the_papers_scale(tiny_sd3):
     """VGG-Flow's J_{v_base} g difference with the flow model in bf16 and g of the size the
-    paper's beta gives (1e-6 per latent entry): along unit-RMS g with SD3's step (0.1) it stays
-    near the float64 product, while the former step eps * g (eps 1e-3) vanishes in the input's
-    bf16 rounding, and with a larger g gives rounding noise many times the product."""
+    paper's betas give (g = (v_base - v) / beta, 1e-6 per latent entry): along unit-RMS g with
+    SD3's step (0.1) it stays near the float64 product, while the former step eps * g (eps 1e-3)
+    vanishes in the input's bf16 rounding, and with a larger g gives rounding noise many times
+    the product."""
     from vggflow.methods.vggflow import unit_rms_central_difference
 
     def base_velocity(dtype: str):

@@ -10,10 +10,11 @@ Paper convention (t = 1 is data). With g_phi ~ grad V and beta = 1 / lambda:
   differences [g(x + eps w, t + eps) - g(x - eps w, t - eps)] / (2 eps), evaluated with CUDA's
   TF32 off (a 1e-3 relative step is about two TF32 rounding units), and a J g product (equal to
   J^T g for exact Gaussian-path velocities) taken along g rescaled to unit RMS per sample:
-  rms(g) [v_base(x + h u) - v_base(x - h u)] / (2 h), u = g / rms(g), h = ``fd_eps_base``. g is
-  about control / beta (1e-6 per latent entry at the paper's beta), so a step eps * g would vanish
-  in the flow model's input rounding; h is chosen for the flow model's dtype (bf16 resolves
-  about 4e-3 of an O(1) latent). Gradients reach phi only through the g evaluations;
+  rms(g) [v_base(x + h u) - v_base(x - h u)] / (2 h), u = g / rms(g), h = ``fd_eps_base``. The
+  matching target makes g = (v_base - v) / beta (1e-5 to 1e-8 per latent entry with the paper's
+  betas and O(1) controls), so a step eps * g would vanish in the flow model's input rounding;
+  h is chosen for the flow model's dtype (bf16 resolves about 4e-3 of an O(1) latent).
+  Gradients reach phi only through the g evaluations;
 * boundary (Eq. 13 with Eq. 16, eta_1 = 1): alpha * |nu_phi(x_1, 1)|^2 at the final state;
 * matching (Eq. 14): |v_theta - v_base + beta * stopgrad(g)|^2 on the LoRA.
 
