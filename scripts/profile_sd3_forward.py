@@ -3,12 +3,14 @@ training forward + backward, each in several variants, side by side in one proce
 
 Variants: ``peft_fp32`` (peft's own LoRA forward, which casts each LoRA input to fp32),
 ``lora_model_dtype`` (the LoRA products in bf16, ``model.lora_compute_dtype: model``),
-``no_lora`` (adapters off: the frozen base), and with ``--compile`` ``lora_model_dtype_compiled``
-(every transformer block compiled with ``torch.compile``, regional compilation; its compile time
-is the first call's extra seconds). FLOPs per call come from ``torch.utils.flop_counter``, MFU is
-against the measured bf16 matmul throughput (:func:`vggflow.bench.matmul_throughput`). Writes one
-CSV row per (variant, pass) and, with ``--profile-out``, the CUDA kernel table of the bf16-LoRA
-forward from ``torch.profiler``.
+``no_lora`` (adapters off: the frozen base), ``packed_attention`` (the bf16 LoRA with
+``model.attention: packed``: image and text tokens joined before the head split), and with
+``--compile`` ``packed_attention_compiled`` (that, with every transformer block compiled by
+``torch.compile``, regional compilation; its compile time is the first call's extra seconds).
+FLOPs per call come from ``torch.utils.flop_counter``, MFU is against the measured bf16 matmul
+throughput (:func:`vggflow.bench.matmul_throughput`). Writes one CSV row per (variant, pass)
+and, with ``--profile-out``, the CUDA kernel tables of the bf16-LoRA forward from
+``torch.profiler`` (diffusers' attention, then the packed one in ``<name>.packed``).
 
     python scripts/profile_sd3_forward.py --config run/config.yaml --out forward.csv --compile
 """
@@ -25,6 +27,7 @@ import torch
 from vggflow.bench import flop_counter, matmul_throughput, synchronize
 from vggflow.config import RunConfig
 from vggflow.models.sd3 import compute_lora_in_input_dtype
+from vggflow.models.sd3_attention import use_packed_joint_attention
 from vggflow.sampling import Guidance
 from vggflow.train import build_suite
 
@@ -120,23 +123,32 @@ def main() -> None:
     measure("lora_model_dtype", "forward", rollout_step, 2 * batch)
     measure("lora_model_dtype", "train", train_step, transitions)
     measure("no_lora", "forward", lambda: rollout_step(model.base_velocity), 2 * batch)
-    if args.profile_out:
+
+    def kernel_table(path: str) -> None:
         from torch.profiler import ProfilerActivity, profile
 
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             for _ in range(2):
                 rollout_step()
             synchronize(device)
-        with open(args.profile_out, "w") as handle:
+        with open(path, "w") as handle:
             handle.write(prof.key_averages().table(sort_by="cuda_time_total", row_limit=40))
+
+    if args.profile_out:
+        kernel_table(args.profile_out)
+    use_packed_joint_attention(model.transformer)
+    measure("packed_attention", "forward", rollout_step, 2 * batch)
+    measure("packed_attention", "train", train_step, transitions)
+    if args.profile_out:
+        kernel_table(f"{args.profile_out}.packed")
     if args.compile:
         # one cache entry per block and variant: dynamo's default limit (8) leaves most eager
         torch._dynamo.config.cache_size_limit = 256
         torch._dynamo.config.accumulated_cache_size_limit = 1024
         for block in model.transformer.transformer_blocks:
             block.compile()
-        measure("lora_model_dtype_compiled", "forward", rollout_step, 2 * batch)
-        measure("lora_model_dtype_compiled", "train", train_step, transitions)
+        measure("packed_attention_compiled", "forward", rollout_step, 2 * batch)
+        measure("packed_attention_compiled", "train", train_step, transitions)
     print(pd.read_csv(args.out).to_string(index=False))
 
 

@@ -321,3 +321,35 @@ def test_base_jacobian_difference_resolves_in_bf16_at_the_papers_scale(tiny_sd3)
     assert errors["unit RMS, step 0.1"] < 0.1, errors
     assert errors["eps * g, rms(g) 1e-06"] == pytest.approx(1.0), errors  # the difference is 0
     assert errors["eps * g, rms(g) 0.01"] > 3, errors
+
+
+def test_packed_joint_attention_computes_what_diffusers_does(tiny_sd3):
+    """``model.attention: packed`` joins image and text tokens before the head split: the same
+    guided velocity and LoRA gradients as diffusers' processor, up to float rounding."""
+    from diffusers.models.attention_processor import JointAttnProcessor2_0
+
+    from vggflow.models.sd3_attention import PackedJointAttnProcessor
+
+    results = []
+    for attention in ("diffusers", "packed"):
+        torch.manual_seed(0)
+        model = SD3FlowModel(tiny_sd3["pipeline"], {**SETTINGS, "attention": attention}, 4, 4,
+                             "cpu", tiny_sd3["tiny_vae"])
+        kinds = {type(p) for p in model.transformer.attn_processors.values()}
+        expected = PackedJointAttnProcessor if attention == "packed" else JointAttnProcessor2_0
+        assert kinds == {expected}, kinds
+        perturb_lora(model)
+        x = seeded_noise(model, 5)
+        guidance = Guidance(model.encode_prompts(PROMPTS), model.null_condition(len(PROMPTS)), 5.0)
+        v = guidance.velocity(model.velocity, x, torch.tensor([0.3, 0.8]))
+        v.square().mean().backward()
+        grads = {k: p.grad.clone() for k, p in model.transformer.named_parameters()
+                 if p.requires_grad}
+        results.append((v.detach(), grads))
+    (v_diffusers, g_diffusers), (v_packed, g_packed) = results
+    torch.testing.assert_close(v_packed, v_diffusers, rtol=1e-5, atol=1e-6)
+    assert g_packed.keys() == g_diffusers.keys()
+    for name in g_diffusers:
+        torch.testing.assert_close(g_packed[name], g_diffusers[name], rtol=1e-4, atol=1e-7)
+    with pytest.raises(ValueError, match="model.attention"):
+        SD3FlowModel(tiny_sd3["pipeline"], {**SETTINGS, "attention": "flash"}, 4, 4)

@@ -30,6 +30,7 @@ import torch.utils.checkpoint
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from vggflow.models.sd3_attention import use_packed_joint_attention
 from vggflow.timegrid import sigma_from_time, velocity_from_sigma_convention
 
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -47,8 +48,10 @@ DEFAULT_SETTINGS = {
     "train_decoder": "tiny",       # reward-gradient decoder: "tiny" (taesd3) or "full" VAE
     "gradient_checkpointing": False,
     "lora_compute_dtype": "model",  # "model": LoRA products in the transformer's dtype; "float32"
+    "attention": "diffusers",      # joint attention: "diffusers" or "packed" (sd3_attention.py)
 }
 LORA_COMPUTE_DTYPES = ("model", "float32")
+ATTENTION_PROCESSORS = ("diffusers", "packed")
 
 
 def check_pipeline_dir(path: str | Path) -> Path:
@@ -174,6 +177,11 @@ class SD3FlowModel:
                              f"{self.settings['lora_compute_dtype']!r}")
         if self.settings["lora_compute_dtype"] == "model":
             compute_lora_in_input_dtype(self.transformer)
+        if self.settings["attention"] not in ATTENTION_PROCESSORS:
+            raise ValueError(f"model.attention must be one of {', '.join(ATTENTION_PROCESSORS)}, "
+                             f"got {self.settings['attention']!r}")
+        if self.settings["attention"] == "packed":
+            use_packed_joint_attention(self.transformer)
         self._adapters_enabled = True
         if self.settings["gradient_checkpointing"]:
             self.transformer.enable_gradient_checkpointing(self._checkpoint)
