@@ -225,3 +225,23 @@ def test_unit_rms_central_difference_by_hand():
     d = torch.tensor([[1e-9, 3e-9], [0.0, 0.0]], dtype=torch.float64)
     out = unit_rms_central_difference(lambda y: y @ a.T, x, d, 0.1)
     torch.testing.assert_close(out, d @ a.T, rtol=1e-9, atol=0)
+
+
+def test_transitions_take_the_finetuned_velocity_from_the_rollout(make_run_config, monkeypatch):
+    """VGG-Flow's rollout keeps both guidance branches of every step; the transitions' v_theta
+    and its unconditional branch are those (the finetuned model is not called again for them),
+    equal to a fresh evaluation at the transitions up to rounding."""
+    cfg = RunConfig.from_mapping(make_run_config())
+    trainer = Trainer(cfg, "/nonexistent-state", threads=1)
+    method, model = trainer.method, trainer.model
+    rollout = trainer.rollout_batch(torch.Generator().manual_seed(0))
+    assert rollout.velocities is not None and rollout.guidance.scale != 1.0
+    velocity, calls = model.velocity, []
+    monkeypatch.setattr(model, "velocity", lambda *args: calls.append(1) or velocity(*args))
+    batch = method.prepare(rollout, torch.Generator().manual_seed(0))
+    method.value_loss(batch)
+    assert calls == []  # prepare's clipping threshold and the value loss used the rollout's
+    fresh_cond, fresh_uncond = batch.guidance.branches(velocity, batch.x, batch.t)
+    torch.testing.assert_close(batch.cache["v_theta_uncond"], fresh_uncond)
+    torch.testing.assert_close(batch.cache["v_theta"],
+                               batch.guidance.combine(fresh_cond, fresh_uncond))

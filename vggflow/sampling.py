@@ -80,13 +80,16 @@ class Rollout:
     """Trajectories of B samples on a grid of K steps.
 
     states: (K + 1, B, *shape), states[0] the noise and states[K] the samples at t = 1;
-    times: (K + 1,) from 0 to 1.
+    times: (K + 1,) from 0 to 1. ``velocities`` (Euler rollouts with ``keep_velocities``): the
+    conditional and unconditional (None without guidance) velocities at states[0..K-1], each
+    (K, B, *shape), whose guided combination made each step.
     """
 
     states: Tensor
     times: Tensor
     guidance: Guidance
     prompts: list[str]
+    velocities: tuple[Tensor, Tensor | None] | None = None
 
     @property
     def num_steps(self) -> int:
@@ -104,16 +107,27 @@ def euler_rollout(
     guidance: Guidance,
     prompts: list[str],
     record: bool = True,
+    keep_velocities: bool = False,
 ) -> Rollout:
     """Integrate dx/dt = v_cfg(x, t) from ``noise`` along ``times`` with Euler steps, no gradient.
 
-    With ``record=False`` only the first and last states are kept (evaluation sampling).
+    With ``record=False`` only the first and last states are kept (evaluation sampling); with
+    ``keep_velocities`` both guidance branches of every step are kept too.
     """
+    kept: list[tuple[Tensor, Tensor | None]] = []
 
     def step(x: Tensor, t: Tensor, h: Tensor) -> Tensor:
-        return x + h * guidance.velocity(velocity_fn, x, t)
+        branches = guidance.branches(velocity_fn, x, t)
+        if keep_velocities:
+            kept.append(branches)
+        return x + h * guidance.combine(*branches)
 
-    return _integrate(step, noise, times, guidance, prompts, record)
+    rollout = _integrate(step, noise, times, guidance, prompts, record)
+    if keep_velocities:
+        v_cond, v_uncond = zip(*kept)
+        rollout.velocities = (torch.stack(v_cond),
+                              None if v_uncond[0] is None else torch.stack(v_uncond))
+    return rollout
 
 
 def _integrate(step: Callable[[Tensor, Tensor, Tensor], Tensor], noise: Tensor, times: Tensor,

@@ -44,7 +44,7 @@ from torch.func import grad, jvp
 
 from vggflow.config import RunConfig, from_dict, require
 from vggflow.methods.base import METHODS, MethodBase, OptimizerSettings
-from vggflow.sampling import Guidance, Rollout, subsample_steps
+from vggflow.sampling import Guidance, Rollout, euler_rollout, subsample_steps
 from vggflow.suites.base import Suite
 from vggflow.timegrid import broadcast_time, one_step_prediction
 
@@ -98,7 +98,8 @@ class Transitions:
 
     ``cache`` holds what is computed without gradients at the transitions and stays fixed through
     the update (the LoRA changes only at its optimizer step, after every loss of the update):
-    both guided velocities, the finetuned model's unconditional branch and grad r(x1_hat).
+    both guided velocities, the finetuned model's unconditional branch and grad r(x1_hat). The
+    finetuned model's velocities come from the rollout, which evaluated them at these states.
     """
 
     x: Tensor
@@ -188,6 +189,11 @@ class VGGFlow(MethodBase):
 
     # ------------------------------------------------------------------ batches
 
+    def rollout(self, velocity_fn, noise: Tensor, times: Tensor, guidance: Guidance,
+                prompts: list[str], generator: torch.Generator) -> Rollout:
+        """The Euler rollout, keeping its velocities: v_theta at the transitions is among them."""
+        return euler_rollout(velocity_fn, noise, times, guidance, prompts, keep_velocities=True)
+
     def prepare(self, rollout: Rollout, generator: torch.Generator) -> Transitions:
         batch = rollout.final.shape[0]
         bins = self.settings.num_bins
@@ -202,6 +208,10 @@ class VGGFlow(MethodBase):
             final=rollout.final,
             final_guidance=rollout.guidance,
         )
+        if rollout.velocities is not None:  # the finetuned model's, from self.rollout
+            index = (steps.to(device), rows.to(device))
+            self._cache_finetuned_velocity(transitions, *(
+                None if v is None else v[index] for v in rollout.velocities))
         if self.settings.reward_grad_clip == "quantile" and self.threshold is None:
             # The first update has no previous one: use its own first micro-batch.
             norms = self._reward_gradient_at_transitions(transitions).flatten(1).norm(dim=1)
@@ -253,17 +263,23 @@ class VGGFlow(MethodBase):
         eta = self.eta(broadcast_time(t, x))
         return -eta * self._clip(reward_grad) + self.value_net(x, t, cond)
 
+    @staticmethod
+    def _cache_finetuned_velocity(batch: Transitions, v_cond: Tensor,
+                                  v_uncond: Tensor | None) -> None:
+        batch.cache["v_theta"] = batch.guidance.combine(v_cond, v_uncond)
+        if v_uncond is not None:
+            batch.cache["v_theta_uncond"] = v_uncond
+
     def _velocities(self, batch: Transitions) -> tuple[Tensor, Tensor]:
-        """Guided (v_theta, v_base) at the transitions, without gradients (cached for the update,
-        with v_theta's unconditional branch)."""
-        if "v_theta" not in batch.cache:
-            guidance = batch.guidance
-            with torch.no_grad():
-                v_cond, v_uncond = guidance.branches(self.model.velocity, batch.x, batch.t)
-                v_base = guidance.velocity(self.model.base_velocity, batch.x, batch.t)
-            batch.cache.update(v_theta=guidance.combine(v_cond, v_uncond), v_base=v_base)
-            if v_uncond is not None:
-                batch.cache["v_theta_uncond"] = v_uncond
+        """Guided (v_theta, v_base) at the transitions, without gradients, cached for the update
+        with v_theta's unconditional branch (v_theta is the rollout's when it kept them)."""
+        with torch.no_grad():
+            if "v_theta" not in batch.cache:
+                self._cache_finetuned_velocity(
+                    batch, *batch.guidance.branches(self.model.velocity, batch.x, batch.t))
+            if "v_base" not in batch.cache:
+                batch.cache["v_base"] = batch.guidance.velocity(self.model.base_velocity,
+                                                                batch.x, batch.t)
         return batch.cache["v_theta"], batch.cache["v_base"]
 
     # ------------------------------------------------------------------ losses
