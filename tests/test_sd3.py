@@ -4,7 +4,10 @@ own pipeline, sampler and LoRA loader."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import tarfile
 
 import pytest
 import torch
@@ -353,3 +356,36 @@ def test_packed_joint_attention_computes_what_diffusers_does(tiny_sd3):
         torch.testing.assert_close(g_packed[name], g_diffusers[name], rtol=1e-4, atol=1e-7)
     with pytest.raises(ValueError, match="model.attention"):
         SD3FlowModel(tiny_sd3["pipeline"], {**SETTINGS, "attention": "flash"}, 4, 4)
+
+
+def test_gpu_bench_script_runs_its_steps_and_packs_what_it_measured(tiny_sd3, tmp_path):
+    """scripts/gpu_bench.sh on tiny-sd3 on the CPU (BENCH_CONFIG): each step's CSV lands in the
+    tarball; a step that cannot fit before the deadline is skipped, not started."""
+    import pandas as pd
+
+    config = yaml.safe_load((REPO / ".test/config_tiny_sd3/config.yaml").read_text())
+    config["rewards"] = ["pickscore"]
+    config["resources"] = {"tiny-sd3": {**tiny_sd3, "prompts": {"pickscore": tiny_sd3["prompts"]}}}
+    (tmp_path / "bench.yaml").write_text(yaml.safe_dump(config))
+    env = {**os.environ, "BENCH_CONFIG": str(tmp_path / "bench.yaml"),
+           "DEADLINE": "400"}
+    result = subprocess.run(
+        ["bash", "scripts/gpu_bench.sh", str(tmp_path / "out"), "bench_vggflow_packed", "profile",
+         "bench_refl"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    with tarfile.open(tmp_path / "out" / "bench.tar.gz") as tar:
+        tar.extractall(tmp_path / "unpacked", filter="data")
+    unpacked = tmp_path / "unpacked"
+    bench = pd.read_csv(unpacked / "update_cost_vggflow_packed.csv")
+    assert bench["method"].tolist() == ["vggflow"] and bench["seconds_per_update"].gt(0).all()
+    assert yaml.safe_load((unpacked / "configs/vggflow_packed.yaml").read_text())["model"][
+        "attention"] == "packed"
+    forward = pd.read_csv(unpacked / "forward.csv")
+    assert {"peft_fp32", "lora_model_dtype", "packed_attention",
+            "packed_attention_compiled"} <= set(forward["variant"])
+    assert (unpacked / "kernels.txt.packed").is_file()
+    assert (unpacked / "update_cost_refl.csv").is_file()
+    short = subprocess.run(
+        ["bash", "scripts/gpu_bench.sh", str(tmp_path / "short"), "bench_refl"], cwd=REPO,
+        env={**env, "DEADLINE": "30"}, capture_output=True, text=True, timeout=600)
+    assert "skipping bench_refl" in short.stdout, short.stdout

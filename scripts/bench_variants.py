@@ -1,0 +1,65 @@
+"""Resolved run configs for the GPU benchmark's variants, without Snakemake (the GPU machine may
+have no Snakemake): ``config/bench_sd3.yaml`` (schema defaults filled in, as the workflow does),
+one overlay per variant, resolved for the config's first reward and seed 0.
+
+    python scripts/bench_variants.py --out-dir /tmp/configs vggflow vggflow_packed adjoint_matching
+
+Variants: ``<method>`` (the bench config as it is), ``<method>_packed`` (``model.attention:
+packed``), ``<method>_1024`` (1024 px, micro-batch 4), ``<method>_no_tf32`` (``train.tf32``
+off). Writes ``<variant>.yaml`` per variant.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from vggflow.config import (
+    deep_merge,
+    fill_defaults,
+    load_yaml,
+    resolve_run_config,
+    validate,
+    write_yaml_atomic,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+OVERLAYS = {
+    "packed": {"model": {"attention": "packed"}},
+    "1024": {"model": {"resolution": 1024}, "train": {"micro_batch_size": 4}},
+    "no_tf32": {"train": {"tf32": False}},
+}
+
+
+def resolve_variant(config: dict, variant: str) -> dict:
+    """The run config of ``<method>`` or ``<method>_<overlay>`` for the config's first reward."""
+    method, overlay = variant, {}
+    for suffix, settings in OVERLAYS.items():
+        if variant.endswith(f"_{suffix}"):
+            method, overlay = variant.removesuffix(f"_{suffix}"), settings
+    method_file = REPO / "config" / "methods" / f"{method}.yaml"
+    if not method_file.is_file():
+        raise SystemExit(f"unknown variant {variant!r}: no method file {method_file}; variants "
+                         f"are <method> or <method>_<{'|'.join(OVERLAYS)}>")
+    return resolve_run_config(deep_merge(config, overlay), load_yaml(method_file),
+                              config["rewards"][0], method, 0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("variants", nargs="+")
+    parser.add_argument("--config", default=str(REPO / "config" / "bench_sd3.yaml"))
+    parser.add_argument("--out-dir", required=True)
+    args = parser.parse_args()
+    schema = load_yaml(REPO / "workflow" / "schemas" / "config.schema.yaml")
+    raw = load_yaml(args.config)
+    validate(raw, schema, args.config)
+    config = fill_defaults(raw, schema)
+    for variant in args.variants:
+        path = Path(args.out_dir) / f"{variant}.yaml"
+        write_yaml_atomic(resolve_variant(config, variant), path)
+        print(f"{variant} -> {path}")
+
+
+if __name__ == "__main__":
+    main()
