@@ -4,9 +4,10 @@ one overlay per variant, resolved for the config's first reward and seed 0.
 
     python scripts/bench_variants.py --out-dir /tmp/configs vggflow vggflow_packed adjoint_matching
 
-Variants: ``<method>`` (the bench config as it is), ``<method>_packed`` (``model.attention:
-packed``), ``<method>_1024`` (1024 px, micro-batch 4), ``<method>_no_tf32`` (``train.tf32``
-off). Writes ``<variant>.yaml`` per variant.
+Variants: ``<method>`` (the bench config as it is), then any of the suffixes ``_packed``
+(``model.attention: packed``), ``_compiled`` (``model.compile: blocks``), ``_1024`` (1024 px,
+micro-batch 4), ``_no_tf32`` (``train.tf32`` off), e.g. ``vggflow_packed_compiled``. Writes
+``<variant>.yaml`` per variant.
 """
 
 from __future__ import annotations
@@ -26,21 +27,23 @@ from vggflow.config import (
 REPO = Path(__file__).resolve().parents[1]
 OVERLAYS = {
     "packed": {"model": {"attention": "packed"}},
+    "compiled": {"model": {"compile": "blocks"}},
     "1024": {"model": {"resolution": 1024}, "train": {"micro_batch_size": 4}},
     "no_tf32": {"train": {"tf32": False}},
 }
 
 
 def resolve_variant(config: dict, variant: str) -> dict:
-    """The run config of ``<method>`` or ``<method>_<overlay>`` for the config's first reward."""
+    """The run config of ``<method>`` with the overlays its suffixes name (``_<overlay>``, any
+    number, e.g. ``vggflow_packed_compiled``) for the config's first reward."""
     method, overlay = variant, {}
-    for suffix, settings in OVERLAYS.items():
-        if variant.endswith(f"_{suffix}"):
-            method, overlay = variant.removesuffix(f"_{suffix}"), settings
+    while suffix := next((s for s in OVERLAYS if method.endswith(f"_{s}")), None):
+        method = method.removesuffix(f"_{suffix}")
+        overlay = deep_merge(overlay, OVERLAYS[suffix])
     method_file = REPO / "config" / "methods" / f"{method}.yaml"
     if not method_file.is_file():
         raise SystemExit(f"unknown variant {variant!r}: no method file {method_file}; variants "
-                         f"are <method> or <method>_<{'|'.join(OVERLAYS)}>")
+                         f"are <method> followed by any of _{', _'.join(OVERLAYS)}")
     return resolve_run_config(deep_merge(config, overlay), load_yaml(method_file),
                               config["rewards"][0], method, 0)
 

@@ -7,7 +7,8 @@
 # Steps run in the order given, each with the seconds left before DEADLINE (seconds after the
 # start); a step that would start with less than its minimum is skipped, and OUT_DIR/bench.tar.gz
 # is re-packed after every step, so a cut run keeps what it measured. Steps: bench_<variant>
-# (`python -m vggflow bench` of scripts/bench_variants.py's variant, one timed update),
+# (`python -m vggflow bench` of scripts/bench_variants.py's variant, one timed update; compiled
+# variants after one untimed update),
 # profile (scripts/profile_sd3_forward.py with --compile and kernel tables). Default steps: the
 # measurements still missing from the README, most important first. WHEEL_DIR: a folder of
 # wheels (diffusers, transformers, peft, ... for a machine that lacks them) to install into
@@ -18,8 +19,8 @@ set -u
 OUT_DIR=${1:?usage: bash scripts/gpu_bench.sh OUT_DIR [STEP...]}
 shift
 STEPS=("$@")
-[ ${#STEPS[@]} -gt 0 ] || STEPS=(bench_vggflow profile bench_vggflow_packed bench_adjoint_matching
-                                 bench_vggflow_1024)
+[ ${#STEPS[@]} -gt 0 ] || STEPS=(bench_vggflow profile bench_vggflow_packed_compiled
+                                 bench_adjoint_matching bench_vggflow_1024)
 START=$(date +%s)
 DEADLINE=${DEADLINE:-540}
 WORK=$(mktemp -d)
@@ -65,6 +66,9 @@ run_step() {  # name, minimum seconds, command...
 
 for step in "${STEPS[@]}"; do
   case $step in
+    bench_*compiled*)  # an untimed update first: compilation (and recompiles) happen there
+      run_step "$step" 180 python3 -m vggflow bench --configs "$WORK/configs/${step#bench_}.yaml" \
+        --updates 1 --warmup 1 --out "$WORK/update_cost_${step#bench_}.csv" ;;
     bench_*)
       run_step "$step" 90 python3 -m vggflow bench --configs "$WORK/configs/${step#bench_}.yaml" \
         --updates 1 --warmup 0 --out "$WORK/update_cost_${step#bench_}.csv" ;;

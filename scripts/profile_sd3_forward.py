@@ -6,7 +6,8 @@ Variants: ``peft_fp32`` (peft's own LoRA forward, which casts each LoRA input to
 ``no_lora`` (adapters off: the frozen base), ``packed_attention`` (the bf16 LoRA with
 ``model.attention: packed``: image and text tokens joined before the head split), and with
 ``--compile`` ``packed_attention_compiled`` (that, with every transformer block compiled by
-``torch.compile``, regional compilation; its compile time is the first call's extra seconds).
+``torch.compile`` as ``model.compile: blocks`` does; its compile time is the first call's extra
+seconds).
 FLOPs per call come from ``torch.utils.flop_counter``, MFU is against the measured bf16 matmul
 throughput (:func:`vggflow.bench.matmul_throughput`). Writes one CSV row per (variant, pass)
 and, with ``--profile-out``, the CUDA kernel tables of the bf16-LoRA forward from
@@ -26,7 +27,7 @@ import torch
 
 from vggflow.bench import flop_counter, matmul_throughput, synchronize
 from vggflow.config import RunConfig
-from vggflow.models.sd3 import compute_lora_in_input_dtype
+from vggflow.models.sd3 import compile_transformer_blocks, compute_lora_in_input_dtype
 from vggflow.models.sd3_attention import use_packed_joint_attention
 from vggflow.sampling import Guidance
 from vggflow.train import build_suite
@@ -142,11 +143,7 @@ def main() -> None:
     if args.profile_out:
         kernel_table(f"{args.profile_out}.packed")
     if args.compile:
-        # one cache entry per block and variant: dynamo's default limit (8) leaves most eager
-        torch._dynamo.config.cache_size_limit = 256
-        torch._dynamo.config.accumulated_cache_size_limit = 1024
-        for block in model.transformer.transformer_blocks:
-            block.compile()
+        compile_transformer_blocks(model.transformer)
         measure("packed_attention_compiled", "forward", rollout_step, 2 * batch)
         measure("packed_attention_compiled", "train", train_step, transitions)
     print(pd.read_csv(args.out).to_string(index=False))

@@ -389,3 +389,43 @@ def test_gpu_bench_script_runs_its_steps_and_packs_what_it_measured(tiny_sd3, tm
         ["bash", "scripts/gpu_bench.sh", str(tmp_path / "short"), "bench_refl"], cwd=REPO,
         env={**env, "DEADLINE": "30"}, capture_output=True, text=True, timeout=600)
     assert "skipping bench_refl" in short.stdout, short.stdout
+
+
+@pytest.mark.parametrize("method", ["vggflow", "adjoint_matching"])
+def test_compiled_blocks_keep_the_update_within_rounding(tiny_sd3, tmp_path, method):
+    """``model.compile: blocks`` (regional torch.compile, with gradient checkpointing on, as on
+    SD3): the same two updates as eager within 1e-5 (relative, logged scalars; 1e-6 absolute for
+    the control norm and the rewards' standard deviation, differences of O(1) quantities) and
+    1e-6 (absolute, LoRA weights), for VGG-Flow and for Adjoint Matching, which differentiates
+    the base model (LoRA off) through the compiled blocks."""
+    from torch._dynamo.utils import counters
+
+    from vggflow.config import RunConfig, load_yaml, resolve_run_config
+    from vggflow.train import Trainer, trainable_parameters
+
+    config = yaml.safe_load((REPO / ".test/config_tiny_sd3/config.yaml").read_text())
+    config["resources"]["tiny-sd3"] = {**tiny_sd3, "prompts": {"pickscore": tiny_sd3["prompts"]}}
+    results = []
+    for mode in ("none", "blocks"):
+        torch._dynamo.reset()
+        counters.clear()
+        config["model"] = {**config["model"], "gradient_checkpointing": True, "compile": mode}
+        resolved = resolve_run_config(config, load_yaml(REPO / f"config/methods/{method}.yaml"),
+                                      "pickscore", method, 0)
+        trainer = Trainer(RunConfig.from_mapping(resolved), tmp_path / mode, threads=2)
+        rows = []
+        for _ in range(2):
+            rows.append(trainer.update())
+            trainer.step += 1
+        compiled_frames = counters["stats"]["unique_graphs"]
+        results.append((rows, {k: v.detach().clone() for k, v in
+                               trainable_parameters(trainer.model.adapter()).items()}))
+    assert compiled_frames > 0  # the blocks ran compiled
+    (rows_eager, weights_eager), (rows_compiled, weights_compiled) = results
+    for eager, compiled in zip(rows_eager, rows_compiled):
+        for key in eager:
+            # differences of O(1) quantities: |v - v_base| and the spread of rewards near -1.9
+            absolute = 1e-6 if key in ("control_norm", "reward_std") else 1e-7
+            assert compiled[key] == pytest.approx(eager[key], rel=1e-5, abs=absolute), key
+    assert max((weights_eager[k] - weights_compiled[k]).abs().max().item()
+               for k in weights_eager) < 1e-6

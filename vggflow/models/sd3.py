@@ -49,9 +49,12 @@ DEFAULT_SETTINGS = {
     "gradient_checkpointing": False,
     "lora_compute_dtype": "model",  # "model": LoRA products in the transformer's dtype; "float32"
     "attention": "diffusers",      # joint attention: "diffusers" or "packed" (sd3_attention.py)
+    "compile": "none",             # "blocks": torch.compile each transformer block
 }
 LORA_COMPUTE_DTYPES = ("model", "float32")
 ATTENTION_PROCESSORS = ("diffusers", "packed")
+COMPILE_MODES = ("none", "blocks")
+COMPILED_VARIANTS_PER_BLOCK = 64  # dynamo's cache entries for the block code (its default: 8)
 
 
 def check_pipeline_dir(path: str | Path) -> Path:
@@ -137,6 +140,17 @@ def compute_lora_in_input_dtype(module: nn.Module, enabled: bool = True) -> int:
     return len(layers)
 
 
+def compile_transformer_blocks(transformer: nn.Module) -> None:
+    """Regional compilation: every transformer block through ``torch.compile`` (compiled on its
+    first call). The blocks share one class and code, so dynamo keeps one entry per variant
+    (gradients or not, LoRA on or off, batch size, the last block's text-free output); its cache
+    limit is raised to ``COMPILED_VARIANTS_PER_BLOCK`` so that none falls back to eager."""
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit,
+                                                COMPILED_VARIANTS_PER_BLOCK)
+    for block in transformer.transformer_blocks:
+        block.compile()
+
+
 class SD3FlowModel:
     """SD3 (medium, or a tiny test model of the same classes) with a LoRA; implements
     ``FlowModel`` in the paper's time convention."""
@@ -182,6 +196,11 @@ class SD3FlowModel:
                              f"got {self.settings['attention']!r}")
         if self.settings["attention"] == "packed":
             use_packed_joint_attention(self.transformer)
+        if self.settings["compile"] not in COMPILE_MODES:
+            raise ValueError(f"model.compile must be one of {', '.join(COMPILE_MODES)}, got "
+                             f"{self.settings['compile']!r}")
+        if self.settings["compile"] == "blocks":
+            compile_transformer_blocks(self.transformer)
         self._adapters_enabled = True
         if self.settings["gradient_checkpointing"]:
             self.transformer.enable_gradient_checkpointing(self._checkpoint)
