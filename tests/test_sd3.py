@@ -416,7 +416,6 @@ def test_compiled_blocks_keep_the_update_within_rounding(tiny_sd3, tmp_path, met
         rows = []
         for _ in range(2):
             rows.append(trainer.update())
-            trainer.step += 1
         compiled_frames = counters["stats"]["unique_graphs"]
         results.append((rows, {k: v.detach().clone() for k, v in
                                trainable_parameters(trainer.model.adapter()).items()}))
