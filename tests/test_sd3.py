@@ -205,6 +205,37 @@ def test_feature_backends_with_missing_weights_stop_unless_the_fallback_is_chose
     assert resolve_feature_backends({"features": ["dreamsim"]}, resources) == ["dreamsim"]
 
 
+def two_tiny_sd3_updates(tiny_sd3, state_dir, method: str, train: dict, model: dict):
+    """(logged rows, LoRA weights) of two updates of ``method`` on the tiny-sd3 test config with
+    ``train`` and ``model`` settings on top."""
+    from vggflow.config import RunConfig, load_yaml, resolve_run_config
+    from vggflow.train import Trainer, trainable_parameters
+
+    config = yaml.safe_load((REPO / ".test/config_tiny_sd3/config.yaml").read_text())
+    config["resources"]["tiny-sd3"] = {**tiny_sd3, "prompts": {"pickscore": tiny_sd3["prompts"]}}
+    config["train"] = {**config["train"], **train}
+    config["model"] = {**config["model"], **model}
+    resolved = resolve_run_config(config, load_yaml(REPO / f"config/methods/{method}.yaml"),
+                                  "pickscore", method, 0)
+    trainer = Trainer(RunConfig.from_mapping(resolved), state_dir, threads=2)
+    rows = [trainer.update() for _ in range(2)]
+    weights = {k: v.detach().clone()
+               for k, v in trainable_parameters(trainer.model.adapter()).items()}
+    return rows, weights
+
+
+def assert_same_updates(reference, other, differences: tuple[str, ...]) -> None:
+    """Logged scalars within 1e-5 relative (1e-6 absolute for the ``differences``, small
+    differences of O(1) quantities; else 1e-7), LoRA weights within 1e-6 absolute."""
+    (rows_a, weights_a), (rows_b, weights_b) = reference, other
+    assert [r.keys() for r in rows_a] == [r.keys() for r in rows_b]
+    for a, b in zip(rows_a, rows_b):
+        for key in a:
+            absolute = 1e-6 if key in differences else 1e-7
+            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=absolute), key
+    assert max((weights_a[k] - weights_b[k]).abs().max().item() for k in weights_a) < 1e-6
+
+
 @pytest.mark.parametrize("method", ["vggflow", "vggflow_pmp", "adjoint_matching", "refl",
                                     "draft"])
 def test_speed_options_keep_the_update_within_rounding(tiny_sd3, tmp_path, method):
@@ -214,35 +245,14 @@ def test_speed_options_keep_the_update_within_rounding(tiny_sd3, tmp_path, metho
     (stated tolerance: 1e-5 relative on logged scalars, 1e-6 absolute on VGG-Flow's control norm
     and on LoRA weights). Adjoint
     Matching and VGG-Flow-PMP differentiate the base model (LoRA off) with checkpointing on."""
-    from vggflow.config import RunConfig, load_yaml, resolve_run_config
-    from vggflow.train import Trainer, trainable_parameters
-
-    config = yaml.safe_load((REPO / ".test/config_tiny_sd3/config.yaml").read_text())
-    config["resources"]["tiny-sd3"] = {**tiny_sd3, "prompts": {"pickscore": tiny_sd3["prompts"]}}
-    results = []
-    for fast in (False, True):
-        config["train"] = {**config["train"], "fused_optimizer": fast}
-        config["model"] = {**config.get("model", {}), "gradient_checkpointing": fast,
-                           "lora_compute_dtype": "model" if fast else "float32"}
-        resolved = resolve_run_config(config, load_yaml(REPO / f"config/methods/{method}.yaml"),
-                                      "pickscore", method, 0)
-        trainer = Trainer(RunConfig.from_mapping(resolved), tmp_path / str(fast), threads=2)
-        rows = []
-        for _ in range(2):
-            rows.append(trainer.update())
-        weights = {k: v.detach().clone()
-                   for k, v in trainable_parameters(trainer.model.adapter()).items()}
-        results.append((rows, weights))
-    (rows_off, weights_off), (rows_on, weights_on) = results
-    assert [r.keys() for r in rows_off] == [r.keys() for r in rows_on]
-    for off, on in zip(rows_off, rows_on):
-        for key in off:
-            # control_norm is |v - v_base|, a small difference of O(1) velocities
-            absolute = 1e-6 if key == "control_norm" else 1e-7
-            assert on[key] == pytest.approx(off[key], rel=1e-5, abs=absolute), key
-    moved = max((weights_off[k] - weights_on[k]).abs().max().item() for k in weights_off)
-    assert moved < 1e-6
+    results = [two_tiny_sd3_updates(
+        tiny_sd3, tmp_path / str(fast), method, {"fused_optimizer": fast},
+        {"gradient_checkpointing": fast, "lora_compute_dtype": "model" if fast else "float32"})
+        for fast in (False, True)]
+    # control_norm is |v - v_base|, a small difference of O(1) velocities
+    assert_same_updates(*results, differences=("control_norm",))
     # not vacuous: the updates moved the LoRA (B starts at zero) far beyond the tolerance
+    weights_on = results[1][1]
     assert max(w.abs().max().item() for k, w in weights_on.items() if "lora_B" in k) > 1e-4
 
 
@@ -400,31 +410,12 @@ def test_compiled_blocks_keep_the_update_within_rounding(tiny_sd3, tmp_path, met
     the base model (LoRA off) through the compiled blocks."""
     from torch._dynamo.utils import counters
 
-    from vggflow.config import RunConfig, load_yaml, resolve_run_config
-    from vggflow.train import Trainer, trainable_parameters
-
-    config = yaml.safe_load((REPO / ".test/config_tiny_sd3/config.yaml").read_text())
-    config["resources"]["tiny-sd3"] = {**tiny_sd3, "prompts": {"pickscore": tiny_sd3["prompts"]}}
     results = []
     for mode in ("none", "blocks"):
         torch._dynamo.reset()
         counters.clear()
-        config["model"] = {**config["model"], "gradient_checkpointing": True, "compile": mode}
-        resolved = resolve_run_config(config, load_yaml(REPO / f"config/methods/{method}.yaml"),
-                                      "pickscore", method, 0)
-        trainer = Trainer(RunConfig.from_mapping(resolved), tmp_path / mode, threads=2)
-        rows = []
-        for _ in range(2):
-            rows.append(trainer.update())
-        compiled_frames = counters["stats"]["unique_graphs"]
-        results.append((rows, {k: v.detach().clone() for k, v in
-                               trainable_parameters(trainer.model.adapter()).items()}))
-    assert compiled_frames > 0  # the blocks ran compiled
-    (rows_eager, weights_eager), (rows_compiled, weights_compiled) = results
-    for eager, compiled in zip(rows_eager, rows_compiled):
-        for key in eager:
-            # differences of O(1) quantities: |v - v_base| and the spread of rewards near -1.9
-            absolute = 1e-6 if key in ("control_norm", "reward_std") else 1e-7
-            assert compiled[key] == pytest.approx(eager[key], rel=1e-5, abs=absolute), key
-    assert max((weights_eager[k] - weights_compiled[k]).abs().max().item()
-               for k in weights_eager) < 1e-6
+        results.append(two_tiny_sd3_updates(tiny_sd3, tmp_path / mode, method, {},
+                                            {"gradient_checkpointing": True, "compile": mode}))
+    assert counters["stats"]["unique_graphs"] > 0  # the blocks ran compiled
+    # differences of O(1) quantities: |v - v_base| and the spread of rewards near -1.9
+    assert_same_updates(*results, differences=("control_norm", "reward_std"))
