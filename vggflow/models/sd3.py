@@ -51,9 +51,12 @@ DEFAULT_SETTINGS = {
     "attention": "diffusers",      # joint attention: "diffusers" or "packed" (sd3_attention.py)
     "compile": "none",             # "blocks": torch.compile each transformer block
 }
-LORA_COMPUTE_DTYPES = ("model", "float32")
-ATTENTION_PROCESSORS = ("diffusers", "packed")
-COMPILE_MODES = ("none", "blocks")
+SETTING_CHOICES = {  # the allowed values of the settings that name a choice
+    "train_decoder": ("tiny", "full"),
+    "lora_compute_dtype": ("model", "float32"),
+    "attention": ("diffusers", "packed"),
+    "compile": ("none", "blocks"),
+}
 COMPILED_VARIANTS_PER_BLOCK = 64  # dynamo's cache entries for the block code (its default: 8)
 
 
@@ -166,6 +169,10 @@ class SD3FlowModel:
         if unknown:
             raise ValueError(f"unknown SD3 model setting(s) {', '.join(unknown)}; known: "
                              f"{', '.join(DEFAULT_SETTINGS)}")
+        for key, allowed in SETTING_CHOICES.items():
+            if self.settings[key] not in allowed:
+                raise ValueError(f"model.{key} must be one of {', '.join(allowed)}, got "
+                                 f"{self.settings[key]!r}")
         self.device = torch.device(device)
         self.dtype = getattr(torch, self.settings["dtype"])
         path = check_pipeline_dir(pipeline_dir)
@@ -185,20 +192,10 @@ class SD3FlowModel:
         for param in self.transformer.parameters():
             if param.requires_grad:
                 param.data = param.data.float()
-        if self.settings["lora_compute_dtype"] not in LORA_COMPUTE_DTYPES:
-            raise ValueError(f"model.lora_compute_dtype must be one of "
-                             f"{', '.join(LORA_COMPUTE_DTYPES)}, got "
-                             f"{self.settings['lora_compute_dtype']!r}")
         if self.settings["lora_compute_dtype"] == "model":
             compute_lora_in_input_dtype(self.transformer)
-        if self.settings["attention"] not in ATTENTION_PROCESSORS:
-            raise ValueError(f"model.attention must be one of {', '.join(ATTENTION_PROCESSORS)}, "
-                             f"got {self.settings['attention']!r}")
         if self.settings["attention"] == "packed":
             use_packed_joint_attention(self.transformer)
-        if self.settings["compile"] not in COMPILE_MODES:
-            raise ValueError(f"model.compile must be one of {', '.join(COMPILE_MODES)}, got "
-                             f"{self.settings['compile']!r}")
         if self.settings["compile"] == "blocks":
             compile_transformer_blocks(self.transformer)
         self._adapters_enabled = True
@@ -211,9 +208,6 @@ class SD3FlowModel:
             self.train_vae = AutoencoderTiny.from_pretrained(
                 tiny_vae_dir, dtype=torch.float32, local_files_only=True
             ).requires_grad_(False).eval().to(self.device)
-        elif self.settings["train_decoder"] != "full":
-            raise ValueError(f"model.train_decoder must be 'tiny' or 'full', got "
-                             f"{self.settings['train_decoder']!r}")
         latent_side, rest = divmod(self.settings["resolution"], pipe.vae_scale_factor)
         if rest:
             raise ValueError(f"model.resolution {self.settings['resolution']} is not a multiple "
