@@ -34,6 +34,27 @@ def model(tiny_sd3) -> SD3FlowModel:
     return SD3FlowModel(tiny_sd3["pipeline"], SETTINGS, 4, 4, "cpu", tiny_sd3["tiny_vae"])
 
 
+def tiny_sd3_experiment_config(tiny_sd3) -> dict:
+    """The .test tiny-sd3 experiment config with this session's tiny-sd3 files."""
+    config = yaml.safe_load((REPO / ".test/config_tiny_sd3/config.yaml").read_text())
+    config["resources"]["tiny-sd3"] = {**tiny_sd3, "prompts": {"pickscore": tiny_sd3["prompts"]}}
+    return config
+
+
+def tiny_sd3_trainer(tiny_sd3, state_dir, method: str, train: dict, model: dict):
+    """A trainer of ``method`` on PickScore with the tiny-sd3 test config, ``train`` and ``model``
+    settings on top."""
+    from vggflow.config import RunConfig, load_yaml, resolve_run_config
+    from vggflow.train import Trainer
+
+    config = tiny_sd3_experiment_config(tiny_sd3)
+    config["train"] = {**config["train"], **train}
+    config["model"] = {**config["model"], **model}
+    resolved = resolve_run_config(config, load_yaml(REPO / f"config/methods/{method}.yaml"),
+                                  "pickscore", method, 0)
+    return Trainer(RunConfig.from_mapping(resolved), state_dir, threads=2)
+
+
 def perturb_lora(model: SD3FlowModel, seed: int = 1) -> None:
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -136,15 +157,9 @@ def test_bad_pipeline_directories_name_the_problem(tiny_sd3, tmp_path):
 @pytest.mark.parametrize("method", ["vggflow", "vggflow_pmp", "adjoint_matching", "refl", "draft",
                                     "draft_lv"])
 def test_one_update_of_every_method_on_tiny_sd3(tiny_sd3, tmp_path, method):
-    from vggflow.config import RunConfig, load_yaml, resolve_run_config
-    from vggflow.train import Trainer, trainable_parameters
+    from vggflow.train import trainable_parameters
 
-    config = yaml.safe_load((REPO / ".test/config_tiny_sd3/config.yaml").read_text())
-    config["resources"]["tiny-sd3"] = {**tiny_sd3, "prompts": {"pickscore": tiny_sd3["prompts"]}}
-    config["train"] = {**config["train"], "max_steps": 1}
-    resolved = resolve_run_config(config, load_yaml(REPO / f"config/methods/{method}.yaml"),
-                                  "pickscore", method, 0)
-    trainer = Trainer(RunConfig.from_mapping(resolved), tmp_path / "state", threads=2)
+    trainer = tiny_sd3_trainer(tiny_sd3, tmp_path / "state", method, {"max_steps": 1}, {})
     before = {name: {k: v.detach().clone() for k, v in trainable_parameters(m).items()}
               for name, m in trainer.modules.items()}
     row = trainer.update()
@@ -206,18 +221,10 @@ def test_feature_backends_with_missing_weights_stop_unless_the_fallback_is_chose
 
 
 def two_tiny_sd3_updates(tiny_sd3, state_dir, method: str, train: dict, model: dict):
-    """(logged rows, LoRA weights) of two updates of ``method`` on the tiny-sd3 test config with
-    ``train`` and ``model`` settings on top."""
-    from vggflow.config import RunConfig, load_yaml, resolve_run_config
-    from vggflow.train import Trainer, trainable_parameters
+    """(logged rows, LoRA weights) of two updates of :func:`tiny_sd3_trainer`."""
+    from vggflow.train import trainable_parameters
 
-    config = yaml.safe_load((REPO / ".test/config_tiny_sd3/config.yaml").read_text())
-    config["resources"]["tiny-sd3"] = {**tiny_sd3, "prompts": {"pickscore": tiny_sd3["prompts"]}}
-    config["train"] = {**config["train"], **train}
-    config["model"] = {**config["model"], **model}
-    resolved = resolve_run_config(config, load_yaml(REPO / f"config/methods/{method}.yaml"),
-                                  "pickscore", method, 0)
-    trainer = Trainer(RunConfig.from_mapping(resolved), state_dir, threads=2)
+    trainer = tiny_sd3_trainer(tiny_sd3, state_dir, method, train, model)
     rows = [trainer.update() for _ in range(2)]
     weights = {k: v.detach().clone()
                for k, v in trainable_parameters(trainer.model.adapter()).items()}
@@ -373,9 +380,8 @@ def test_gpu_bench_script_runs_its_steps_and_packs_what_it_measured(tiny_sd3, tm
     tarball; a step that cannot fit before the deadline is skipped, not started."""
     import pandas as pd
 
-    config = yaml.safe_load((REPO / ".test/config_tiny_sd3/config.yaml").read_text())
+    config = tiny_sd3_experiment_config(tiny_sd3)
     config["rewards"] = ["pickscore"]
-    config["resources"] = {"tiny-sd3": {**tiny_sd3, "prompts": {"pickscore": tiny_sd3["prompts"]}}}
     (tmp_path / "bench.yaml").write_text(yaml.safe_dump(config))
     env = {**os.environ, "BENCH_CONFIG": str(tmp_path / "bench.yaml"),
            "DEADLINE": "400"}
