@@ -70,6 +70,7 @@ rule sweep:
 rule bench:
     input:
         f"results/bench/update_cost_{SUITE}.csv",
+        f"results/bench/update_regions_{SUITE}.csv",
 
 
 rule figures:

@@ -8,8 +8,9 @@
 # start); a step that would start with less than its minimum is skipped, and OUT_DIR/bench.tar.gz
 # is re-packed after every step, so a cut run keeps what it measured. Steps: bench_<variant>
 # (`python -m vggflow bench` of scripts/bench_variants.py's variant, one timed update; compiled
-# variants after one untimed update),
-# profile (scripts/profile_sd3_forward.py with --compile and kernel tables). Default steps: the
+# variants after one untimed update; update_cost_<variant>.csv, and update_regions_<variant>.csv
+# with seconds, FLOPs and MFU per named region of the update), profile
+# (scripts/profile_sd3_forward.py with --compile and kernel tables). Default steps: the
 # measurements still missing from the README, most important first. WHEEL_DIR: a folder of
 # wheels (diffusers, transformers, peft, ... for a machine that lacks them) to install into
 # /tmp/site first.
@@ -68,10 +69,12 @@ for step in "${STEPS[@]}"; do
   case $step in
     bench_*compiled*)  # an untimed update first: compilation (and recompiles) happen there
       run_step "$step" 180 python3 -m vggflow bench --configs "$WORK/configs/${step#bench_}.yaml" \
-        --updates 1 --warmup 1 --out "$WORK/update_cost_${step#bench_}.csv" ;;
+        --updates 1 --warmup 1 --out "$WORK/update_cost_${step#bench_}.csv" \
+        --regions-out "$WORK/update_regions_${step#bench_}.csv" ;;
     bench_*)
       run_step "$step" 90 python3 -m vggflow bench --configs "$WORK/configs/${step#bench_}.yaml" \
-        --updates 1 --warmup 0 --out "$WORK/update_cost_${step#bench_}.csv" ;;
+        --updates 1 --warmup 0 --out "$WORK/update_cost_${step#bench_}.csv" \
+        --regions-out "$WORK/update_regions_${step#bench_}.csv" ;;
     profile)
       run_step profile 60 python3 scripts/profile_sd3_forward.py --config "$WORK/configs/vggflow.yaml" \
         --out "$WORK/forward.csv" --compile --repeats 3 --profile-out "$WORK/kernels.txt" ;;
@@ -87,6 +90,11 @@ if files:
     columns = ["file", "seconds_per_update", "gflop_per_update", "mfu", "peak_memory_mb",
                "rollout_s", "prepare_s", "update_value_net_s", "update_lora_s"]
     print(table[columns].to_string(index=False))
+for f in sorted(glob.glob(f"{sys.argv[1]}/update_regions_*.csv")):
+    regions = pd.read_csv(f)
+    print(f.rsplit("/", 1)[-1])
+    print(regions[["region", "parent", "calls_per_update", "seconds_per_update",
+                   "gflop_per_update", "mfu"]].to_string(index=False))
 PY
 echo "[$(elapsed) s] done: $OUT_DIR/bench.tar.gz"
 pack

@@ -71,6 +71,7 @@ def test_vggflow_consistency_derivative_matches_finite_differences(make_run_conf
         for p in method.value_net.parameters():
             p.add_(0.05 * torch.randn_like(p))  # a non-trivial nu_phi
     batch = method.prepare(fixed_rollout(suite.flow_model), torch.Generator().manual_seed(1))
+    method._set_first_threshold(batch)  # as the update's first loss does
     v_theta, v_base = method._velocities(batch)
     g_fn = method.value_gradient_fn(v_theta, batch.guidance.cond, batch.prompts)
     with torch.no_grad():

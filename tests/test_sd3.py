@@ -394,6 +394,9 @@ def test_gpu_bench_script_runs_its_steps_and_packs_what_it_measured(tiny_sd3, tm
     unpacked = tmp_path / "unpacked"
     bench = pd.read_csv(unpacked / "update_cost_vggflow_packed.csv")
     assert bench["method"].tolist() == ["vggflow"] and bench["seconds_per_update"].gt(0).all()
+    regions = pd.read_csv(unpacked / "update_regions_vggflow_packed.csv").set_index("path")
+    assert regions.loc["update_value_net > value_net/loss > vggflow/base_jacobian",
+                       "gflop_per_update"] > 0
     assert yaml.safe_load((unpacked / "configs/vggflow_packed.yaml").read_text())["model"][
         "attention"] == "packed"
     forward = pd.read_csv(unpacked / "forward.csv")

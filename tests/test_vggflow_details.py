@@ -56,6 +56,8 @@ def test_first_update_takes_its_threshold_from_its_own_first_micro_batch(make_ru
     assert trainer.method.threshold is None
     rollout = trainer.rollout_batch(torch.Generator().manual_seed(0))
     batch = trainer.method.prepare(rollout, torch.Generator().manual_seed(0))
+    assert trainer.method.threshold is None  # set where a loss first needs it
+    trainer.method.loss("value_net", batch, step=0)
     v_theta, _ = trainer.method._velocities(batch)
     norms = trainer.method._reward_gradient(batch.x, batch.t, v_theta, batch.prompts)
     expected = torch.quantile(norms.flatten(1).norm(dim=1), 0.8)
@@ -240,7 +242,7 @@ def test_transitions_take_the_finetuned_velocity_from_the_rollout(make_run_confi
     monkeypatch.setattr(model, "velocity", lambda *args: calls.append(1) or velocity(*args))
     batch = method.prepare(rollout, torch.Generator().manual_seed(0))
     method.value_loss(batch)
-    assert calls == []  # prepare's clipping threshold and the value loss used the rollout's
+    assert calls == []  # the first clipping threshold and the value loss used the rollout's
     fresh_cond, fresh_uncond = batch.guidance.branches(velocity, batch.x, batch.t)
     torch.testing.assert_close(batch.cache["v_theta_uncond"], fresh_uncond)
     torch.testing.assert_close(batch.cache["v_theta"],

@@ -225,6 +225,10 @@ def test_bench_target_measures_every_method():
     assert table["method"].tolist() == config["methods"]
     assert (table["seconds_per_update"] > 0).all() and (table["gflop_per_update"] > 0).all()
     assert (REPO / ".test/results/bench/update_cost_digits.png").stat().st_size > 0
+    regions = pd.read_csv(REPO / ".test/results/bench/update_regions_digits.csv")
+    flow_model_updates = regions[regions["path"] == "update_lora"]
+    assert flow_model_updates["method"].tolist() == config["methods"]
+    assert (flow_model_updates["seconds_per_update"] > 0).all()
 
 
 def test_sd3_scale_bench_makes_its_random_weights_first(tmp_path):

@@ -4,8 +4,6 @@ Each run config is measured in a fresh process, one after the other, so that pea
 the method's own and the methods share the machine's state. Per method: the process start-up
 (interpreter and imports) and the build (suite, models, optimizers); ``warmup`` untimed updates;
 one update under ``torch.utils.flop_counter`` (FLOPs per phase); then ``updates`` timed updates.
-With ``warmup`` 0 the counted update is the run's first, which can do one-time work (VGG-Flow's
-first clipping threshold) that the timed ones do not.
 
 Phases of an update (``Trainer.update``): ``rollout`` (on-policy trajectories, no gradient),
 ``reward`` (scoring the final samples), ``prepare`` (the method's work per micro-batch: Adjoint
@@ -14,6 +12,12 @@ Matching's adjoint ODE with its terminal reward gradient, VGG-Flow's transitions
 reward for ReFL, DRaFT and VGG-Flow, and the optimizer step). Model FLOPs utilisation (MFU) is
 FLOPs per second of a timed update over the device's measured matmul throughput in the dtype the
 flow model runs in.
+
+Below the phases, the named regions of ``vggflow.regions`` (each trained module's loss, backward
+and step; VGG-Flow's velocities, reward gradients and differences; Adjoint Matching's terminal
+reward gradient and adjoint ODE) get the same figures, inclusive of the regions nested in them:
+seconds from the timed updates (CUDA events, so no extra synchronisation), FLOPs from the counted
+one.
 """
 
 from __future__ import annotations
@@ -61,25 +65,55 @@ def flop_counter():
     return counter
 
 
-class PhaseTimer:
-    """Accumulates wall seconds (and, when ``count_flops``, FLOPs) per named phase."""
+class RegionTimer:
+    """Seconds, calls and (with ``count_flops``) FLOPs per named region, each inclusive of the
+    regions nested in it. A region is keyed by its path, the names of the regions it was
+    entered in and its own joined by " > ", so that one name entered in two places (VGG-Flow's
+    reward gradient in ``prepare`` and in the value loss) is two regions.
+
+    On CUDA the seconds come from events recorded on the current stream and read by
+    :meth:`seconds` afterwards, so measuring adds no synchronisation inside an update; on the
+    CPU they come from ``time.perf_counter``.
+    """
 
     def __init__(self, device: str, count_flops: bool = False) -> None:
-        self.device, self.count_flops = device, count_flops
-        self.seconds: dict[str, float] = defaultdict(float)
+        self.cuda, self.count_flops = device.startswith("cuda"), count_flops
+        self.calls: dict[str, int] = defaultdict(int)  # in the order regions were first entered
         self.flops: dict[str, int] = defaultdict(int)
+        self._spans: list[tuple[str, object, object]] = []
+        self._open: list[str] = []
+
+    def _mark(self):
+        if not self.cuda:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
 
     @contextlib.contextmanager
     def __call__(self, name: str) -> Iterator[None]:
+        path = " > ".join([*self._open[-1:], name])
+        self.calls[path] += 1
         counter = flop_counter() if self.count_flops else contextlib.nullcontext()
-        synchronize(self.device)
-        start = time.perf_counter()
-        with counter:
-            yield
-        synchronize(self.device)
-        self.seconds[name] += time.perf_counter() - start
+        self._open.append(path)
+        start = self._mark()
+        try:
+            with counter:
+                yield
+        finally:
+            self._spans.append((path, start, self._mark()))
+            self._open.pop()
         if self.count_flops:
-            self.flops[name] += counter.get_total_flops()
+            self.flops[path] += counter.get_total_flops()
+
+    def seconds(self) -> dict[str, float]:
+        """Total seconds per region path (waits for the device first)."""
+        if self.cuda:
+            torch.cuda.synchronize()
+        totals: dict[str, float] = defaultdict(float)
+        for path, start, end in self._spans:
+            totals[path] += start.elapsed_time(end) / 1e3 if self.cuda else end - start
+        return dict(totals)
 
 
 def matmul_throughput(device: str, dtype: torch.dtype, size: int | None = None,
@@ -113,9 +147,11 @@ def process_start_time() -> float:
 
 
 def measure(config_path: str, updates: int, warmup: int, threads: int | None) -> dict:
-    """Cost of one run config's updates (run in a fresh process by :func:`side_by_side`)."""
+    """Cost of one run config's updates (run in a fresh process by :func:`side_by_side`):
+    ``row``, the whole update's, and ``regions``, one row per named region (phases included)."""
     entered = time.time()
     from vggflow.config import RunConfig
+    from vggflow.regions import measured_by
     from vggflow.train import Trainer, peak_memory_mb
 
     started = process_start_time()
@@ -127,23 +163,24 @@ def measure(config_path: str, updates: int, warmup: int, threads: int | None) ->
         device = trainer.device
         for _ in range(warmup):
             trainer.update()
-        flops = PhaseTimer(device, count_flops=True)
-        trainer.phase = flops
-        trainer.update()
-        timer = PhaseTimer(device)
-        trainer.phase = timer
+        flops = RegionTimer(device, count_flops=True)
+        with measured_by(flops):
+            trainer.update()
+        timer = RegionTimer(device)
         if device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
         synchronize(device)
         start = time.perf_counter()
         rewards = []
-        for _ in range(updates):
-            rewards.append(trainer.update()["reward_mean"])
+        with measured_by(timer):
+            for _ in range(updates):
+                rewards.append(trainer.update()["reward_mean"])
         synchronize(device)
         seconds = (time.perf_counter() - start) / updates
+        region_seconds = timer.seconds()
         dtype = model_dtype(trainer)
     peak = matmul_throughput(device, dtype)
-    flops_per_update = sum(flops.flops.values())
+    flops_per_update = sum(flops.flops.get(phase, 0) for phase in PHASES)  # regions nest in them
     train = cfg.train
     row = {
         "suite": cfg.suite, "reward": cfg.reward, "method": cfg.method["name"],
@@ -153,7 +190,7 @@ def measure(config_path: str, updates: int, warmup: int, threads: int | None) ->
         "micro_batch_size": train.micro_batch_size, "num_steps": cfg.sampler.num_steps,
         "timed_updates": updates, "startup_s": round(entered - started, 3),
         "build_s": round(build_s, 3), "seconds_per_update": seconds,
-        **{f"{phase}_s": timer.seconds.get(phase, 0.0) / updates for phase in PHASES},
+        **{f"{phase}_s": region_seconds.get(phase, 0.0) / updates for phase in PHASES},
         "gflop_per_update": flops_per_update / 1e9,
         **{f"{phase}_gflop": flops.flops.get(phase, 0) / 1e9 for phase in PHASES},
         "peak_memory_mb": round(peak_memory_mb(device), 1),
@@ -161,7 +198,16 @@ def measure(config_path: str, updates: int, warmup: int, threads: int | None) ->
         "mfu": flops_per_update / seconds / peak,
         "reward_mean": sum(rewards) / len(rewards),
     }
-    return row
+    regions = [
+        {"method": row["method"], "path": path, "region": path.rsplit(" > ", 1)[-1],
+         "calls_per_update": calls / updates,
+         "seconds_per_update": region_seconds[path] / updates,
+         "share_of_update": region_seconds[path] / updates / seconds,
+         "gflop_per_update": flops.flops.get(path, 0) / 1e9,
+         "mfu": flops.flops.get(path, 0) / max(region_seconds[path] / updates, 1e-9) / peak}
+        for path, calls in timer.calls.items()
+    ]
+    return {"row": row, "regions": regions}
 
 
 def device_name(device: str) -> str:
@@ -172,21 +218,26 @@ def device_name(device: str) -> str:
 
 def side_by_side(config_paths: Sequence[str | Path], updates: int = 3, warmup: int = 1,
                  threads: int | None = None):
-    """One row per config, each measured in its own fresh process, in order."""
+    """(update costs, region costs): one row per config, each measured in its own fresh process,
+    in order, and one row per config and named region of its update (``vggflow.regions``)."""
     import pandas as pd
 
     context = multiprocessing.get_context("spawn")
-    rows = []
+    rows, regions = [], []
     with ProcessPoolExecutor(max_workers=1, mp_context=context, max_tasks_per_child=1) as pool:
         for path in config_paths:
-            row = pool.submit(measure, str(path), updates, warmup, threads).result()
+            measured = pool.submit(measure, str(path), updates, warmup, threads).result()
+            row = measured["row"]
+            regions.extend(measured["regions"])
             print(f"{row['method']}: {row['seconds_per_update']:.3f} s/update, "
                   f"{row['gflop_per_update']:.2f} GFLOP, MFU {row['mfu']:.1%}, "
                   f"peak {row['peak_memory_mb']:.0f} MB", flush=True)
             rows.append(row)
-    table = pd.DataFrame(rows)
-    table.insert(0, "date", datetime.date.today().isoformat())
-    return table
+    today = datetime.date.today().isoformat()
+    table, region_table = pd.DataFrame(rows), pd.DataFrame(regions)
+    table.insert(0, "date", today)
+    region_table.insert(0, "date", today)
+    return table, region_table
 
 
 def plot(table, path: str | Path) -> None:

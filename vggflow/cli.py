@@ -196,10 +196,13 @@ def cmd_bench(args) -> None:
     from vggflow.bench import plot, side_by_side
     from vggflow.utils.io import atomic_path
 
-    table = side_by_side(args.configs, updates=args.updates, warmup=args.warmup,
-                         threads=args.threads)
+    table, regions = side_by_side(args.configs, updates=args.updates, warmup=args.warmup,
+                                  threads=args.threads)
     with atomic_path(args.out) as tmp:
         table.to_csv(tmp, index=False)
+    if args.regions_out:
+        with atomic_path(args.regions_out) as tmp:
+            regions.to_csv(tmp, index=False)
     if args.figure:
         plot(table, args.figure)
     print(f"{len(table)} methods -> {args.out}")
@@ -334,6 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=1, help="untimed updates before measuring")
     p.add_argument("--out", required=True, help="output CSV (results/bench/<suite>.csv)")
     p.add_argument("--figure", help="output PNG (and PDF): seconds per update by phase")
+    p.add_argument("--regions-out",
+                   help="output CSV: seconds, FLOPs and MFU per named region of each update "
+                        "(results/bench/update_regions_<suite>.csv)")
 
     p = command("closed-form", cmd_closed_form,
                 "train VGG-Flow (exact, finite-difference) and VGG-Flow-PMP on toy2d's closed form")

@@ -9,7 +9,6 @@ current update, save the state and exit, so a killed run continues where it stop
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
 import hashlib
@@ -20,7 +19,6 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -30,6 +28,7 @@ from vggflow.config import ConfigError, RunConfig
 from vggflow.distributed import collective_for, local_device, micro_batch_generator
 from vggflow.methods import METHODS, load_builtin_methods
 from vggflow.methods.base import Method, WeightedChunks
+from vggflow.regions import region
 from vggflow.sampling import Guidance, sample_images
 from vggflow.suites import SUITES, Suite, load_builtin_suites
 from vggflow.utils.io import copy_file_atomic, copy_tree_atomic, torch_save_atomic
@@ -87,10 +86,6 @@ def peak_memory_mb(device: str) -> float:
     if device.startswith("cuda"):
         return torch.cuda.max_memory_allocated() / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def untimed_phase(name: str) -> contextlib.AbstractContextManager:
-    return contextlib.nullcontext()
 
 
 class _StopFlag:
@@ -157,8 +152,6 @@ class Trainer:
         self.step = 0
         self.elapsed = 0.0
         self.digest = config_digest(cfg)
-        # phase(name) wraps each part of an update; vggflow.bench swaps in a timer
-        self.phase: Callable[[str], contextlib.AbstractContextManager] = untimed_phase
 
     # ---------------------------------------------------------------- state
 
@@ -280,16 +273,16 @@ class Trainer:
         batches, rewards = [], []
         for index in self.micro_batches:
             generator = micro_batch_generator(self.cfg.seed, self.step, index)
-            with self.phase("rollout"):
+            with region("rollout"):
                 rollout = self.rollout_batch(generator)
-            with self.phase("reward"), torch.no_grad():
+            with region("reward"), torch.no_grad():
                 rewards.append(self.reward(self.model.decode(rollout.final), rollout.prompts))
-            with self.phase("prepare"):
+            with region("prepare"):
                 batches.append(self.method.prepare(rollout, generator))
         rewards = self.collective.all_gather(torch.cat(rewards))
         row = {"reward_mean": float(rewards.mean()), "reward_std": float(rewards.std())}
         for name, module in self.modules.items():
-            with self.phase(f"update_{name}"):
+            with region(f"update_{name}"):
                 row.update(self._update_module(name, module, batches))
         for module_ in self.modules.values():
             module_.zero_grad(set_to_none=True)
@@ -309,22 +302,25 @@ class Trainer:
         logs: dict[str, torch.Tensor] = {}
         for batch in batches:
             for weight, chunk in WeightedChunks.of(batch).chunks:
-                out = self.method.loss(name, chunk, self.step)
-                (out["loss"] * weight / accum).backward()
+                with region(f"{name}/loss"):
+                    out = self.method.loss(name, chunk, self.step)
+                with region(f"{name}/backward"):
+                    (out["loss"] * weight / accum).backward()
                 for key, value in out.items():
                     term = value.detach().double() * weight / accum
                     logs[key] = logs[key] + term if key in logs else term
-        params = list(trainable_parameters(module).values())
-        self.collective.all_reduce_sum([*(p.grad for p in params if p.grad is not None),
-                                        *logs.values()])
-        settings = self.method.optimizer_settings(name)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, settings.grad_clip_norm)
-        values = torch.stack([*logs.values(), grad_norm.double()]).tolist()  # the one sync
-        if not math.isfinite(logs_loss := values[list(logs).index("loss")]):
-            raise FloatingPointError(
-                f"{self.cfg.method['name']}: non-finite {name} loss ({logs_loss}) at update "
-                f"{self.step + 1}; the run diverged (lower the learning rate or beta)")
-        self.optimizers[name].step()
+        with region(f"{name}/step"):  # gradient all-reduce, clipping, the sync, AdamW
+            params = list(trainable_parameters(module).values())
+            self.collective.all_reduce_sum([*(p.grad for p in params if p.grad is not None),
+                                            *logs.values()])
+            settings = self.method.optimizer_settings(name)
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, settings.grad_clip_norm)
+            values = torch.stack([*logs.values(), grad_norm.double()]).tolist()  # the one sync
+            if not math.isfinite(logs_loss := values[list(logs).index("loss")]):
+                raise FloatingPointError(
+                    f"{self.cfg.method['name']}: non-finite {name} loss ({logs_loss}) at update "
+                    f"{self.step + 1}; the run diverged (lower the learning rate or beta)")
+            self.optimizers[name].step()
         row = {f"grad_norm_{name}": values[-1]}
         for key, value in zip(logs, values):
             row[f"{name}_{key}" if key == "loss" else key] = value

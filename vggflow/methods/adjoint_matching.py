@@ -37,6 +37,7 @@ from vggflow.methods.base import (
     discrete_adjoint,
     terminal_reward_gradient,
 )
+from vggflow.regions import region
 from vggflow.sampling import Rollout, memoryless_sigma, sde_drift, sde_rollout
 from vggflow.suites.base import Suite
 
@@ -93,10 +94,11 @@ class AdjointMatching(AdapterOnly):
         """a_0..a_{N-1}, shape (N, B, ...), detached (see the module docstring)."""
         states, times, cond = rollout.states, rollout.times, rollout.guidance.cond
         last, t_last = states[-2], times[-2].expand(states.shape[1])
-        with torch.no_grad():
-            x1_hat = last + (times[-1] - times[-2]) * self.model.base_velocity(last, t_last, cond)
-        terminal = -self.settings.reward_scale * terminal_reward_gradient(
-            self.model, self.reward, x1_hat, rollout.prompts)
+        with region("adjoint_matching/terminal_reward_grad"):
+            with torch.no_grad():
+                step = (times[-1] - times[-2]) * self.model.base_velocity(last, t_last, cond)
+            terminal = -self.settings.reward_scale * terminal_reward_gradient(
+                self.model, self.reward, last + step, rollout.prompts)
         final_step = rollout.num_steps - 1
 
         def drift(x: Tensor, t: Tensor, k: int) -> Tensor:
@@ -105,7 +107,8 @@ class AdjointMatching(AdapterOnly):
                 return self.model.base_velocity(x, t, cond)
             return self.base_drift(x, t, cond)
 
-        return discrete_adjoint(states, times, terminal, drift)[:-1]
+        with region("adjoint_matching/adjoint_ode"):
+            return discrete_adjoint(states, times, terminal, drift)[:-1]
 
     def select_steps(self, steps: int, generator: torch.Generator) -> list[int]:
         """The last quarter of the steps, plus random earlier ones (without replacement)."""

@@ -44,6 +44,7 @@ from torch.func import grad, jvp
 
 from vggflow.config import RunConfig, from_dict, require
 from vggflow.methods.base import METHODS, MethodBase, OptimizerSettings
+from vggflow.regions import region
 from vggflow.sampling import Guidance, Rollout, euler_rollout, subsample_steps
 from vggflow.suites.base import Suite
 from vggflow.timegrid import broadcast_time, one_step_prediction
@@ -212,11 +213,6 @@ class VGGFlow(MethodBase):
             index = (steps.to(device), rows.to(device))
             self._cache_finetuned_velocity(transitions, *(
                 None if v is None else v[index] for v in rollout.velocities))
-        if self.settings.reward_grad_clip == "quantile" and self.threshold is None:
-            # The first update has no previous one: use its own first micro-batch.
-            norms = self._reward_gradient_at_transitions(transitions).flatten(1).norm(dim=1)
-            threshold = float(torch.quantile(norms, self.settings.reward_grad_quantile))
-            self.threshold = self.collective.broadcast_from_main(threshold)  # micro-batch 0's
         return transitions
 
     # ------------------------------------------------------------------ the value gradient
@@ -231,8 +227,9 @@ class VGGFlow(MethodBase):
 
         x1_hat = one_step_prediction(x, t, v_theta)
         size = self.settings.reward_grad_chunk or len(x1_hat)
-        return torch.cat([grad(reward_of_samples)(x1_hat[i:i + size], prompts[i:i + size])
-                          for i in range(0, len(x1_hat), size)])
+        with region("vggflow/reward_grad"):
+            return torch.cat([grad(reward_of_samples)(x1_hat[i:i + size], prompts[i:i + size])
+                              for i in range(0, len(x1_hat), size)])
 
     def _reward_gradient_at_transitions(self, batch: Transitions) -> Tensor:
         """Unclipped grad r(x1_hat) at the transitions themselves (cached for the update)."""
@@ -241,6 +238,14 @@ class VGGFlow(MethodBase):
             batch.cache["reward_grad"] = self._reward_gradient(batch.x, batch.t, v_theta,
                                                                batch.prompts)
         return batch.cache["reward_grad"]
+
+    def _set_first_threshold(self, batch: Transitions) -> None:
+        """The first update has no previous one: its clipping threshold comes from its own first
+        micro-batch (the losses' first batch in every process; process 0's is micro-batch 0)."""
+        if self.settings.reward_grad_clip == "quantile" and self.threshold is None:
+            norms = self._reward_gradient_at_transitions(batch).flatten(1).norm(dim=1)
+            threshold = float(torch.quantile(norms, self.settings.reward_grad_quantile))
+            self.threshold = self.collective.broadcast_from_main(threshold)
 
     def _clip(self, reward_grad: Tensor) -> Tensor:
         mode = self.settings.reward_grad_clip
@@ -275,11 +280,13 @@ class VGGFlow(MethodBase):
         with v_theta's unconditional branch (v_theta is the rollout's when it kept them)."""
         with torch.no_grad():
             if "v_theta" not in batch.cache:
-                self._cache_finetuned_velocity(
-                    batch, *batch.guidance.branches(self.model.velocity, batch.x, batch.t))
+                with region("vggflow/v_theta"):
+                    self._cache_finetuned_velocity(
+                        batch, *batch.guidance.branches(self.model.velocity, batch.x, batch.t))
             if "v_base" not in batch.cache:
-                batch.cache["v_base"] = batch.guidance.velocity(self.model.base_velocity,
-                                                                batch.x, batch.t)
+                with region("vggflow/v_base"):
+                    batch.cache["v_base"] = batch.guidance.velocity(self.model.base_velocity,
+                                                                    batch.x, batch.t)
         return batch.cache["v_theta"], batch.cache["v_base"]
 
     # ------------------------------------------------------------------ losses
@@ -296,6 +303,7 @@ class VGGFlow(MethodBase):
 
     def consistency_residual(self, batch: Transitions) -> tuple[Tensor, Tensor]:
         """R = d_t g + (grad g) w + J_{v_base}^T sg(g) at the transitions; returns (R, g)."""
+        self._set_first_threshold(batch)
         beta = self.settings.beta
         x, t = batch.x, batch.t
         v_theta, v_base = self._velocities(batch)
@@ -305,17 +313,18 @@ class VGGFlow(MethodBase):
                                       batch.guidance.cond)
         direction = v_base - beta * g0
         if self.settings.consistency == "exact":
-            g, dg = jvp(g_fn, (x, t), (direction, torch.ones_like(t)))
+            with region("vggflow/g_derivative"):
+                g, dg = jvp(g_fn, (x, t), (direction, torch.ones_like(t)))
             x_in = x.detach().requires_grad_(True)
-            with torch.enable_grad():
+            with region("vggflow/base_jacobian"), torch.enable_grad():
                 v_in = batch.guidance.velocity(self.model.base_velocity, x_in, t)
                 (jg,) = torch.autograd.grad(v_in, x_in, grad_outputs=g.detach())
             return dg + jg, g
         eps = self.settings.fd_eps
-        with full_fp32_precision():
+        with region("vggflow/g_derivative"), full_fp32_precision():
             dg = (g_fn(x + eps * direction, t + eps)
                   - g_fn(x - eps * direction, t - eps)) / (2 * eps)
-        with torch.no_grad():
+        with region("vggflow/base_jacobian"), torch.no_grad():
             jg = unit_rms_central_difference(
                 lambda y: batch.guidance.velocity(self.model.base_velocity, y, t), x, g0,
                 self.settings.fd_eps_base)
@@ -327,7 +336,8 @@ class VGGFlow(MethodBase):
         consistency = residual.pow(2).mean()
         final = batch.final
         ones = torch.ones(final.shape[0], device=final.device, dtype=final.dtype)
-        boundary = self.value_net(final, ones, batch.final_guidance.cond).pow(2).mean()
+        with region("vggflow/boundary"):
+            boundary = self.value_net(final, ones, batch.final_guidance.cond).pow(2).mean()
         return {
             "loss": consistency + self.settings.alpha * boundary,
             "consistency": consistency.detach(),
@@ -337,10 +347,12 @@ class VGGFlow(MethodBase):
 
     def matching_loss(self, batch: Transitions) -> dict[str, Tensor]:
         """|v_theta - (v_base - beta g)|^2 with g frozen; gradients reach the LoRA only."""
+        self._set_first_threshold(batch)
         x, t = batch.x, batch.t
         _, v_base = self._velocities(batch)
-        v = batch.guidance.velocity(self.model.velocity, x, t, detach_uncond=True,
-                                    uncond_velocity=batch.cache.get("v_theta_uncond"))
+        with region("vggflow/v_theta_with_grad"):
+            v = batch.guidance.velocity(self.model.velocity, x, t, detach_uncond=True,
+                                        uncond_velocity=batch.cache.get("v_theta_uncond"))
         with torch.no_grad():
             reward_grad = self._reward_gradient_at_transitions(batch)
             self._norms.append(reward_grad.flatten(1).norm(dim=1))

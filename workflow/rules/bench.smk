@@ -7,6 +7,7 @@ rule bench_updates:
         resources=suite_files,
     output:
         table="results/bench/update_cost_{suite}.csv",
+        regions="results/bench/update_regions_{suite}.csv",
         figure=report(
             "results/bench/update_cost_{suite}.png",
             caption="../report/update_cost.rst",
@@ -25,4 +26,5 @@ rule bench_updates:
     shell:
         "python -m vggflow bench --configs {input.configs} --updates {params.updates}"
         " --warmup {params.warmup} --threads {threads} --out {output.table}"
+        " --regions-out {output.regions}"
         " --figure {output.figure} > {log} 2>&1"
