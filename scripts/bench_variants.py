@@ -6,7 +6,8 @@ one overlay per variant, resolved for the config's first reward and seed 0.
 
 Variants: ``<method>`` (the bench config as it is), then any of the suffixes ``_packed``
 (``model.attention: packed``), ``_compiled`` (``model.compile: blocks``), ``_1024`` (1024 px,
-micro-batch 4), ``_no_tf32`` (``train.tf32`` off), e.g. ``vggflow_packed_compiled``. Writes
+micro-batch 4), ``_no_tf32`` (``train.tf32`` off), ``_adjoint_kept`` (``model.checkpoint_adjoint``
+off: the adjoint ODE's activations kept, not recomputed), e.g. ``vggflow_packed_compiled``. Writes
 ``<variant>.yaml`` per variant.
 """
 
@@ -30,6 +31,7 @@ OVERLAYS = {
     "compiled": {"model": {"compile": "blocks"}},
     "1024": {"model": {"resolution": 1024}, "train": {"micro_batch_size": 4}},
     "no_tf32": {"train": {"tf32": False}},
+    "adjoint_kept": {"model": {"checkpoint_adjoint": False}},
 }
 
 

@@ -21,6 +21,7 @@ OUT_DIR=${1:?usage: bash scripts/gpu_bench.sh OUT_DIR [STEP...]}
 shift
 STEPS=("$@")
 [ ${#STEPS[@]} -gt 0 ] || STEPS=(bench_vggflow profile bench_adjoint_matching
+                                 bench_adjoint_matching_adjoint_kept
                                  bench_vggflow_packed_compiled bench_vggflow_1024)
 START=$(date +%s)
 DEADLINE=${DEADLINE:-540}

@@ -410,6 +410,45 @@ def test_gpu_bench_script_runs_its_steps_and_packs_what_it_measured(tiny_sd3, tm
     assert "skipping bench_refl" in short.stdout, short.stdout
 
 
+@pytest.mark.parametrize("method", ["adjoint_matching", "vggflow_pmp"])
+def test_adjoint_without_checkpointing_gives_the_same_updates(tiny_sd3, tmp_path, method,
+                                                               monkeypatch):
+    """``model.checkpoint_adjoint: false`` with gradient checkpointing on: the adjoint ODE's
+    vector-Jacobian products (Adjoint Matching's lean adjoint, VGG-Flow-PMP's costates) keep
+    their block activations, so no block is recomputed there, while the flow model's loss still
+    checkpoints; the two updates equal the fully checkpointed ones within rounding."""
+    from vggflow.methods.base import discrete_adjoint
+    from vggflow.models.sd3 import SD3FlowModel
+
+    checkpointed = {"adjoint": 0, "other": 0}
+    in_adjoint = [False]
+    checkpoint = SD3FlowModel._checkpoint
+
+    def counting_checkpoint(self, block, *args):
+        checkpointed["adjoint" if in_adjoint[0] else "other"] += 1
+        return checkpoint(self, block, *args)
+
+    def flagged_adjoint(*args):
+        in_adjoint[0] = True
+        try:
+            return discrete_adjoint(*args)
+        finally:
+            in_adjoint[0] = False
+
+    monkeypatch.setattr(SD3FlowModel, "_checkpoint", counting_checkpoint)
+    monkeypatch.setattr(f"vggflow.methods.{method}.discrete_adjoint", flagged_adjoint)
+    results, counts = [], []
+    for kept in (False, True):
+        checkpointed.update(adjoint=0, other=0)
+        results.append(two_tiny_sd3_updates(
+            tiny_sd3, tmp_path / str(kept), method, {},
+            {"gradient_checkpointing": True, "checkpoint_adjoint": not kept}))
+        counts.append(dict(checkpointed))
+    assert counts[0]["adjoint"] > 0 and counts[1]["adjoint"] == 0
+    assert counts[1]["other"] == counts[0]["other"] > 0  # the loss's backward still checkpoints
+    assert_same_updates(*results, differences=())
+
+
 @pytest.mark.parametrize("method", ["vggflow", "adjoint_matching"])
 def test_compiled_blocks_keep_the_update_within_rounding(tiny_sd3, tmp_path, method):
     """``model.compile: blocks`` (regional torch.compile, with gradient checkpointing on, as on

@@ -75,3 +75,28 @@ def test_unknown_shape_is_named():
     with pytest.raises(ValueError, match="unknown SD3 shape 'large'.*tiny, medium"):
         check_shape("large")
     assert set(SHAPES) == {"tiny", "medium"}
+
+
+def test_activation_memory_count_grows_with_samples_and_tokens_not_weights(tmp_path):
+    """scripts/activation_memory.py on SD3 medium's shapes (meta device): the saved activations
+    are proportional to the samples (no weights counted) and grow like the tokens, not their
+    square (attention counted as flash attention saves it)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    def gib(batch: int, resolution: int) -> float:
+        out = tmp_path / f"{batch}_{resolution}.json"
+        subprocess.run([sys.executable, "scripts/activation_memory.py", "--shape", "medium",
+                        "--batch", str(batch), "--resolution", str(resolution), "--out", str(out)],
+                       cwd=REPO, check=True, capture_output=True,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
+        return json.loads(out.read_text())["saved_activation_gib"]
+
+    one = gib(1, 512)
+    assert one > 0 and gib(2, 512) == pytest.approx(2 * one, rel=1e-9)
+    tokens = {512: 32 * 32 + 333, 1024: 64 * 64 + 333}
+    assert gib(1, 1024) / one == pytest.approx(tokens[1024] / tokens[512], rel=0.2)

@@ -107,7 +107,7 @@ class AdjointMatching(AdapterOnly):
                 return self.model.base_velocity(x, t, cond)
             return self.base_drift(x, t, cond)
 
-        with region("adjoint_matching/adjoint_ode"):
+        with region("adjoint_matching/adjoint_ode"), self.model.adjoint_vjps():
             return discrete_adjoint(states, times, terminal, drift)[:-1]
 
     def select_steps(self, steps: int, generator: torch.Generator) -> list[int]:

@@ -65,7 +65,8 @@ class VGGFlowPMP(AdapterOnly):
         def base_velocity(x: Tensor, t: Tensor, k: int) -> Tensor:
             return rollout.guidance.velocity(self.model.base_velocity, x, t)
 
-        return discrete_adjoint(rollout.states, rollout.times, terminal, base_velocity)
+        with self.model.adjoint_vjps():
+            return discrete_adjoint(rollout.states, rollout.times, terminal, base_velocity)
 
     def prepare(self, rollout: Rollout, generator: torch.Generator) -> Costates:
         costates = self.costates(rollout)[:-1]

@@ -7,7 +7,9 @@ the trainer and the methods only through this protocol, in the paper's time conv
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -42,6 +44,11 @@ class FlowModel(Protocol):
 
     def base_velocity(self, x: Tensor, t: Tensor, cond: Tensor) -> Tensor: ...
 
+    def adjoint_vjps(self) -> AbstractContextManager:
+        """The context of an adjoint ODE's vector-Jacobian products, whose graphs are one
+        velocity evaluation deep (a model may skip activation recomputation there)."""
+        ...
+
     def time_grid(self, num_steps: int) -> Tensor:
         """The num_steps + 1 times, 0 to 1, that rollouts and evaluation sampling visit."""
         ...
@@ -65,14 +72,17 @@ class FlowModel(Protocol):
 
 
 class UniformGridDecoder:
-    """For models that sample on a uniform grid and decode one way for training and evaluation
-    (digits, toy2d)."""
+    """For models that sample on a uniform grid, decode one way for training and evaluation and
+    compute adjoints as any other graph (digits, toy2d)."""
 
     def time_grid(self, num_steps: int) -> Tensor:
         return uniform_grid(num_steps)
 
     def decode_for_evaluation(self, x: Tensor) -> Tensor:
         return self.decode(x)
+
+    def adjoint_vjps(self) -> AbstractContextManager:
+        return contextlib.nullcontext()
 
 
 # Flow-model names (one per suite) -> builder(resources, lora_rank, lora_alpha, device).

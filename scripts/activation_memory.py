@@ -1,0 +1,90 @@
+"""Activation memory that one SD3 transformer forward keeps for its backward, counted from shapes
+alone on PyTorch's meta device (no weights, no compute, any machine):
+
+    python scripts/activation_memory.py --shape medium --batch 8 --resolution 512
+
+It sums the bytes of the tensors autograd saves (each tensor once, parameters and their views
+excluded) in a forward of ``batch`` samples with 333 text tokens (77 CLIP + 256 T5), the input
+requiring grad, as in a vector-Jacobian product through the base model (no LoRA). Attention is
+counted as flash attention saves it (queries, keys, values, output and fp32 log-sum-exp), not as
+the meta device's math path would (the full attention matrices). This is the memory that block
+checkpointing trades for one more forward (``model.gradient_checkpointing``,
+``model.checkpoint_adjoint``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from unittest import mock
+
+import torch
+import torch.nn.functional as F
+
+TEXT_TOKENS = 333
+
+
+class _FlashAttentionSaves(torch.autograd.Function):
+    """Shape stand-in for scaled-dot-product attention that saves what flash attention saves."""
+
+    @staticmethod
+    def forward(ctx, q, k, v):
+        out = torch.empty_like(q)
+        ctx.save_for_backward(q, k, v, out, torch.empty(q.shape[:-1], device=q.device))
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise NotImplementedError("shapes only")
+
+
+def saved_activation_bytes(shape: str, batch: int, resolution: int) -> int:
+    """Bytes autograd keeps from one forward of the ``shape`` SD3 transformer (meta device)."""
+    from diffusers import SD3Transformer2DModel
+
+    from vggflow.models.sd3_random import SHAPES, check_shape
+
+    config, dtype = check_shape(shape)["transformer"], SHAPES[shape]["dtype"]
+    with torch.device("meta"):
+        model = SD3Transformer2DModel(**config).to(dtype).requires_grad_(False)
+    parameters = {id(p) for p in model.parameters()}
+    kept: dict[int, torch.Tensor] = {}
+
+    def keep(tensor: torch.Tensor) -> torch.Tensor:
+        base = tensor if tensor._base is None else tensor._base  # weights are saved transposed
+        if id(base) not in parameters:
+            kept[id(tensor)] = tensor
+        return tensor
+
+    side = resolution // 8
+    meta = {"device": "meta", "dtype": dtype}
+    x = torch.empty(batch, config["in_channels"], side, side, requires_grad=True, **meta)
+    text = torch.empty(batch, TEXT_TOKENS, config["joint_attention_dim"], **meta)
+    pooled = torch.empty(batch, config["pooled_projection_dim"], **meta)
+    attention = lambda q, k, v, *args, **kwargs: _FlashAttentionSaves.apply(q, k, v)  # noqa: E731
+    with mock.patch.object(F, "scaled_dot_product_attention", attention), \
+            torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
+        model(hidden_states=x, timestep=torch.full((batch,), 500.0, device="meta"),
+              encoder_hidden_states=text, pooled_projections=pooled, return_dict=False)
+    return sum(t.numel() * t.element_size() for t in kept.values())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shape", default="medium", help="tiny or medium (SD3 medium)")
+    parser.add_argument("--batch", type=int, default=8, help="samples in the forward")
+    parser.add_argument("--resolution", type=int, default=512, help="image side in pixels")
+    parser.add_argument("--out", help="also write the result as JSON here")
+    args = parser.parse_args()
+    size = saved_activation_bytes(args.shape, args.batch, args.resolution)
+    result = {"shape": args.shape, "batch": args.batch, "resolution": args.resolution,
+              "saved_activation_gib": size / 2**30}
+    print(f"{args.shape}, batch {args.batch}, {args.resolution} px: "
+          f"{result['saved_activation_gib']:.2f} GiB of saved activations")
+    if args.out:
+        with open(args.out, "w") as handle:
+            json.dump(result, handle, indent=2)
+
+
+if __name__ == "__main__":
+    main()
