@@ -199,6 +199,10 @@ class SD3FlowModel:
             use_packed_joint_attention(self.transformer)
         if self.settings["compile"] == "blocks":
             compile_transformer_blocks(self.transformer)
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        self._lora_layers = [m for m in self.transformer.modules()
+                             if isinstance(m, BaseTunerLayer)]
         self._adapters_enabled = True
         if self.settings["gradient_checkpointing"]:
             self.transformer.enable_gradient_checkpointing(self._checkpoint)
@@ -270,11 +274,13 @@ class SD3FlowModel:
             self._set_adapters(previous)
 
     def _set_adapters(self, enabled: bool) -> None:
-        if enabled:
-            self.transformer.enable_adapters()
-        else:
-            self.transformer.disable_adapters()
-        self._adapters_enabled = enabled
+        """Switch the LoRA layers themselves, and only on a change: the transformer-wide switch
+        walks all of SD3 medium's 1788 modules (about 4 ms of Python), and checkpointing enters
+        this for every block it recomputes (twice per block and backward)."""
+        if enabled != self._adapters_enabled:
+            for layer in self._lora_layers:
+                layer.enable_adapters(enabled)
+            self._adapters_enabled = enabled
 
     @contextlib.contextmanager
     def adjoint_vjps(self):
