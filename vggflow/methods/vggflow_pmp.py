@@ -24,6 +24,7 @@ from vggflow.methods.base import (
     discrete_adjoint,
     terminal_reward_gradient,
 )
+from vggflow.regions import region
 from vggflow.sampling import Guidance, Rollout
 from vggflow.suites.base import Suite
 
@@ -65,7 +66,7 @@ class VGGFlowPMP(AdapterOnly):
         def base_velocity(x: Tensor, t: Tensor, k: int) -> Tensor:
             return rollout.guidance.velocity(self.model.base_velocity, x, t)
 
-        with self.model.adjoint_vjps():
+        with region("vggflow_pmp/costate_ode"), self.model.adjoint_vjps():
             return discrete_adjoint(rollout.states, rollout.times, terminal, base_velocity)
 
     def prepare(self, rollout: Rollout, generator: torch.Generator) -> Costates:
