@@ -143,6 +143,41 @@ def test_the_lora_is_switched_by_its_own_layers_and_only_on_a_change(tiny_sd3, m
     torch.testing.assert_close(model.velocity(x, t, cond), lora_on)
 
 
+def test_a_recomputed_block_switches_only_its_own_lora_layers(tmp_path, monkeypatch):
+    """A checkpointed vector-Jacobian product through base_velocity (the adjoint's; LoRA off in
+    the forward, back on when the backward runs): each recomputed block switches its own LoRA
+    layers off and on, not the whole transformer's (two blocks of four layers here: 16 switches,
+    not 32), and the gradient equals the one without checkpointing."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from vggflow.models.sd3_random import SHAPES, write_random_sd3
+
+    monkeypatch.setitem(SHAPES["tiny"]["transformer"], "num_layers", 2)
+    files = write_random_sd3(tmp_path)
+    gradients, switched = [], []
+    switch = BaseTunerLayer.enable_adapters
+    monkeypatch.setattr(BaseTunerLayer, "enable_adapters",
+                        lambda layer, enabled: switched.append(layer) or switch(layer, enabled))
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = SD3FlowModel(files["pipeline"], {**SETTINGS,
+                                                 "gradient_checkpointing": checkpointing},
+                             4, 4, "cpu", files["tiny_vae"])
+        perturb_lora(model)
+        x = torch.randn(2, *model.sample_shape, generator=torch.Generator().manual_seed(1))
+        x.requires_grad_(True)
+        v = model.base_velocity(x, torch.full((2,), 0.3), model.encode_prompts(PROMPTS))
+        switched.clear()
+        (gradient,) = torch.autograd.grad(v.pow(2).sum(), x)
+        gradients.append(gradient)
+    blocks = model.transformer.transformer_blocks
+    assert len(blocks) == 2 and len(switched) == 2 * 2 * 4
+    for block in blocks:  # each block's own four layers, off then on
+        own = [layer for layer in switched if any(layer is m for m in block.modules())]
+        assert len(own) == 8 and own[:4] == own[4:]
+    torch.testing.assert_close(gradients[1], gradients[0])
+
+
 def test_saved_lora_reproduces_our_samples_in_a_stock_pipeline(model, tiny_sd3, tmp_path):
     from diffusers import StableDiffusion3Pipeline
 

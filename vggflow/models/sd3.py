@@ -203,6 +203,9 @@ class SD3FlowModel:
 
         self._lora_layers = [m for m in self.transformer.modules()
                              if isinstance(m, BaseTunerLayer)]
+        self._block_lora_layers = {
+            block: [m for m in block.modules() if isinstance(m, BaseTunerLayer)]
+            for block in self.transformer.transformer_blocks}
         self._adapters_enabled = True
         if self.settings["gradient_checkpointing"]:
             self.transformer.enable_gradient_checkpointing(self._checkpoint)
@@ -274,13 +277,27 @@ class SD3FlowModel:
             self._set_adapters(previous)
 
     def _set_adapters(self, enabled: bool) -> None:
-        """Switch the LoRA layers themselves, and only on a change: the transformer-wide switch
-        walks all of SD3 medium's 1788 modules (about 4 ms of Python), and checkpointing enters
-        this for every block it recomputes (twice per block and backward)."""
+        """Switch the LoRA layers themselves, and only on a change (the transformer-wide switch
+        walks all of SD3 medium's 1788 modules, about 4 ms of Python)."""
         if enabled != self._adapters_enabled:
             for layer in self._lora_layers:
                 layer.enable_adapters(enabled)
             self._adapters_enabled = enabled
+
+    @contextlib.contextmanager
+    def _block_adapters(self, block: nn.Module, enabled: bool):
+        """One checkpointed block's recomputation: its own LoRA layers switched to ``enabled``
+        (as in its forward) when the transformer's are not, then back; the other blocks' layers
+        are not touched, since checkpointing enters this once per block and backward."""
+        layers = self._block_lora_layers.get(block, self._lora_layers)
+        switch = enabled != self._adapters_enabled
+        for layer in layers if switch else ():
+            layer.enable_adapters(enabled)
+        try:
+            yield
+        finally:
+            for layer in layers if switch else ():
+                layer.enable_adapters(not enabled)
 
     @contextlib.contextmanager
     def adjoint_vjps(self):
@@ -305,7 +322,7 @@ class SD3FlowModel:
         enabled = self._adapters_enabled
         return torch.utils.checkpoint.checkpoint(
             block.__call__, *args, use_reentrant=False,
-            context_fn=lambda: (contextlib.nullcontext(), self._adapters(enabled)))
+            context_fn=lambda: (contextlib.nullcontext(), self._block_adapters(block, enabled)))
 
     # ------------------------------------------------------------------------- images
 
