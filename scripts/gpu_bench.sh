@@ -94,8 +94,8 @@ if files:
 for f in sorted(glob.glob(f"{sys.argv[1]}/update_regions_*.csv")):
     regions = pd.read_csv(f)
     print(f.rsplit("/", 1)[-1])
-    print(regions[["region", "parent", "calls_per_update", "seconds_per_update",
-                   "gflop_per_update", "mfu"]].to_string(index=False))
+    print(regions[["path", "calls_per_update", "seconds_per_update", "gflop_per_update",
+                   "mfu"]].to_string(index=False))
 PY
 echo "[$(elapsed) s] done: $OUT_DIR/bench.tar.gz"
 pack

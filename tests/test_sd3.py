@@ -457,6 +457,9 @@ def test_gpu_bench_script_runs_its_steps_and_packs_what_it_measured(tiny_sd3, tm
         ["bash", "scripts/gpu_bench.sh", str(tmp_path / "out"), "bench_vggflow_packed", "profile",
          "bench_refl"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    # the closing summary printed the region table (a failure there would not stop the script)
+    assert "Traceback" not in result.stdout + result.stderr, result.stderr[-2000:]
+    assert "update_value_net > value_net/loss > vggflow/base_jacobian" in result.stdout
     with tarfile.open(tmp_path / "out" / "bench.tar.gz") as tar:
         tar.extractall(tmp_path / "unpacked", filter="data")
     unpacked = tmp_path / "unpacked"

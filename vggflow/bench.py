@@ -15,9 +15,9 @@ flow model runs in.
 
 Below the phases, the named regions of ``vggflow.regions`` (each trained module's loss, backward
 and step; VGG-Flow's velocities, reward gradients and differences; Adjoint Matching's terminal
-reward gradient and adjoint ODE) get the same figures, inclusive of the regions nested in them:
-seconds from the timed updates (CUDA events, so no extra synchronisation), FLOPs from the counted
-one.
+reward gradient and adjoint ODE; VGG-Flow-PMP's costate ODE) get the same figures, inclusive of
+the regions nested in them: seconds from the timed updates (CUDA events, so no extra
+synchronisation), FLOPs from the counted one.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ class RegionTimer:
     """Seconds, calls and (with ``count_flops``) FLOPs per named region, each inclusive of the
     regions nested in it. A region is keyed by its path, the names of the regions it was
     entered in and its own joined by " > ", so that one name entered in two places (VGG-Flow's
-    reward gradient in ``prepare`` and in the value loss) is two regions.
+    reward gradient in the value loss and, inside it, in the derivative of g) is two regions.
 
     On CUDA the seconds come from events recorded on the current stream and read by
     :meth:`seconds` afterwards, so measuring adds no synchronisation inside an update; on the
