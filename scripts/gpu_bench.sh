@@ -44,9 +44,13 @@ python3 -c "import torch, diffusers, transformers, peft; print('torch', torch.__
 git rev-parse HEAD >> "$WORK/device.txt" 2>/dev/null
 
 if [ -z "${BENCH_CONFIG:-}" ] && [ ! -f resources/sd3-random/pipeline/model_index.json ]; then
-  echo "[$(elapsed) s] writing SD3-medium-shaped random weights"
-  python3 -m vggflow make-random-sd3 --shape medium --rewards aesthetic \
-    --out-dir resources/sd3-random > "$WORK/make_random_sd3.log" 2>&1 || exit 1
+  echo "[$(elapsed) s] writing SD3-medium-shaped random weights (drawn on the GPU, else the CPU)"
+  for device in cuda cpu; do
+    python3 -m vggflow make-random-sd3 --shape medium --rewards aesthetic --device $device \
+      --out-dir resources/sd3-random >> "$WORK/make_random_sd3.log" 2>&1 && break
+    [ $device = cpu ] && { tail -5 "$WORK/make_random_sd3.log"; exit 1; }
+  done
+  echo "[$(elapsed) s] random weights written"
 fi
 variants=()
 for step in "${STEPS[@]}"; do

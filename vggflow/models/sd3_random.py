@@ -105,14 +105,17 @@ def build_random_sd3(shape: str = "tiny", tokenizer_dir: str | Path | None = Non
     return pipe, taesd
 
 
-def write_random_sd3(directory: str | Path, shape: str = "tiny", seed: int = 0) -> dict[str, str]:
+def write_random_sd3(directory: str | Path, shape: str = "tiny", seed: int = 0,
+                     device: str = "cpu") -> dict[str, str]:
     """Write ``pipeline/`` (a StableDiffusion3Pipeline without T5) and ``taesd3/`` (an
-    AutoencoderTiny) of ``shape`` under ``directory``; return their paths as resources entries."""
+    AutoencoderTiny) of ``shape`` under ``directory``; return their paths as resources entries.
+    ``device``: where the weights are drawn (``cuda`` draws SD3 medium's in seconds, other
+    values than on the CPU)."""
     from vggflow.utils.clip_tokenizer import write_clip_tokenizer
 
     directory = Path(directory)
     tokenizer_dir = write_clip_tokenizer(directory / "clip_tokenizer")
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), torch.device(device):
         torch.manual_seed(seed)
         pipe, taesd = build_random_sd3(shape, tokenizer_dir)
     dtype = SHAPES[shape]["dtype"]
@@ -124,19 +127,19 @@ def write_random_sd3(directory: str | Path, shape: str = "tiny", seed: int = 0) 
 
 
 def write_random_sd3_suite(directory: str | Path, shape: str = "tiny", seed: int = 0,
-                           rewards: tuple[str, ...] | None = None) -> dict:
-    """Every file of an SD3 suite with random weights under ``directory``: the pipeline and taesd3
-    (:func:`write_random_sd3`), random versions of ``rewards`` (default: all three) under
-    ``rewards/``, and ``prompts.txt``. Writes ``resources.yaml`` (the resources block) last and
-    returns it."""
+                           rewards: tuple[str, ...] | None = None, device: str = "cpu") -> dict:
+    """Every file of an SD3 suite with random weights drawn on ``device`` under ``directory``:
+    the pipeline and taesd3 (:func:`write_random_sd3`), random versions of ``rewards`` (default:
+    all three) under ``rewards/``, and ``prompts.txt``. Writes ``resources.yaml`` (the resources
+    block) last and returns it."""
     from vggflow.config import write_yaml_atomic
     from vggflow.rewards.sd3 import REWARD_NAMES, write_random_reward_files
 
     check_shape(shape)
     directory = Path(directory)
-    resources = write_random_sd3(directory, shape, seed)
+    resources = write_random_sd3(directory, shape, seed, device)
     resources["rewards"] = {
-        name: write_random_reward_files(name, directory / "rewards", seed, shape)
+        name: write_random_reward_files(name, directory / "rewards", seed, shape, device)
         for name in (rewards or REWARD_NAMES)}
     (directory / "prompts.txt").write_text("\n".join(TINY_PROMPTS) + "\n")
     resources["prompts"] = {"files": [str(directory / "prompts.txt")], "heldout_per_file": 2,

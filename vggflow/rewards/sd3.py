@@ -430,9 +430,9 @@ def random_clip_model(kind: str = "tiny"):
 
 
 def write_random_reward_files(name: str, directory: str | Path, seed: int = 0,
-                              shape: str = "tiny") -> dict:
+                              shape: str = "tiny", device: str = "cpu") -> dict:
     """Write random-weight versions of reward ``name``'s files into ``directory``: ``tiny``
-    (32-d towers) or ``medium`` (the real models' shapes).
+    (32-d towers) or ``medium`` (the real models' shapes), drawn on ``device``.
 
     The files have the real files' names and formats (see :func:`reward_paths`), so the random
     reward loads through the same builder. Returns the ``resources["rewards"][name]`` mapping.
@@ -447,13 +447,14 @@ def write_random_reward_files(name: str, directory: str | Path, seed: int = 0,
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     paths = reward_paths(directory)[name]
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), torch.device(device):
         torch.manual_seed(seed)
         if name == "aesthetic":
             clip = random_clip_model("tiny" if tiny else "vit-l-14")
             clip.save_pretrained(paths["clip"])
             write_clip_tokenizer(paths["clip"])
-            torch.save(AestheticMLP(clip.config.projection_dim).state_dict(), paths["mlp"])
+            torch.save({k: v.cpu() for k, v in AestheticMLP(clip.config.projection_dim)
+                        .state_dict().items()}, paths["mlp"])
         elif name == "hpsv2":
             import open_clip
 
@@ -464,7 +465,8 @@ def write_random_reward_files(name: str, directory: str | Path, seed: int = 0,
                 paths = {**paths, "model": TINY_OPEN_CLIP_MODEL, "model_config": str(config_path)}
             else:
                 model = open_clip.create_model(paths["model"], pretrained=None)
-            torch.save({"state_dict": model.state_dict()}, paths["checkpoint"])
+            torch.save({"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}},
+                       paths["checkpoint"])
         else:
             random_clip_model("tiny" if tiny else "vit-h-14").save_pretrained(paths["model"])
             write_clip_tokenizer(paths["processor"])
