@@ -15,8 +15,10 @@
 # wheels (diffusers, transformers, peft, ... for a machine that lacks them) to install into
 # /tmp/site first.
 # BENCH_CONFIG (default config/bench_sd3.yaml, whose random weights are written if missing)
-# names another experiment config; the tests run the script on tiny-sd3 on the CPU.
-set -u
+# names another experiment config; the tests run the script on tiny-sd3 on the CPU, with imports
+# limited to the GPU image's packages and the carried wheels (scripts/gpu_wheels.txt).
+# GIT_COMMIT: the commit to record in device.txt (the GPU machine's copy of the tree has no .git).
+set -u -o pipefail
 OUT_DIR=${1:?usage: bash scripts/gpu_bench.sh OUT_DIR [STEP...]}
 shift
 STEPS=("$@")
@@ -26,10 +28,10 @@ STEPS=("$@")
 START=$(date +%s)
 DEADLINE=${DEADLINE:-540}
 WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
 mkdir -p "$OUT_DIR"
 elapsed() { echo $(( $(date +%s) - START )); }
 pack() { tar -C "$WORK" -czf "$OUT_DIR/bench.tar.gz" . ; }
+trap 'pack; rm -rf "$WORK"' EXIT  # an early exit still brings back its logs
 
 if [ -n "${WHEEL_DIR:-}" ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -41,17 +43,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > 
 cat "$WORK/device.txt"
 python3 -c "import torch, diffusers, transformers, peft; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__)" \
   | tee -a "$WORK/device.txt" || exit 1
-git rev-parse HEAD >> "$WORK/device.txt" 2>/dev/null
+echo "commit ${GIT_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}" | tee -a "$WORK/device.txt"
 
-if [ -z "${BENCH_CONFIG:-}" ] && [ ! -f resources/sd3-random/pipeline/model_index.json ]; then
-  echo "[$(elapsed) s] writing SD3-medium-shaped random weights (drawn on the GPU, else the CPU)"
-  for device in cuda cpu; do
-    python3 -m vggflow make-random-sd3 --shape medium --rewards aesthetic --device $device \
-      --out-dir resources/sd3-random >> "$WORK/make_random_sd3.log" 2>&1 && break
-    [ $device = cpu ] && { tail -5 "$WORK/make_random_sd3.log"; exit 1; }
-  done
-  echo "[$(elapsed) s] random weights written"
-fi
 variants=()
 for step in "${STEPS[@]}"; do
   case $step in bench_*) variants+=("${step#bench_}");; esac
@@ -59,13 +52,25 @@ done
 python3 scripts/bench_variants.py --config "${BENCH_CONFIG:-config/bench_sd3.yaml}" \
   --out-dir "$WORK/configs" "${variants[@]}" vggflow || exit 1
 
+if [ -z "${BENCH_CONFIG:-}" ] && [ ! -f resources/sd3-random/pipeline/model_index.json ]; then
+  echo "[$(elapsed) s] writing SD3-medium-shaped random weights (drawn on the GPU, else the CPU)"
+  for device in cuda cpu; do
+    python3 -m vggflow make-random-sd3 --shape medium --rewards aesthetic --device $device \
+      --out-dir resources/sd3-random >> "$WORK/make_random_sd3.log" 2>&1 && break
+    [ $device = cpu ] && { tail -5 "$WORK/make_random_sd3.log"; exit 1; }
+    echo "[$(elapsed) s] drawing on $device failed; drawing on the CPU (about a minute)"
+  done
+  echo "[$(elapsed) s] random weights written"
+fi
+
 run_step() {  # name, minimum seconds, command...
   local name=$1 need=$2; shift 2
   local left=$(( DEADLINE - $(elapsed) ))
   if [ "$left" -lt "$need" ]; then echo "[$(elapsed) s] skipping $name: ${left} s left"; return; fi
   echo "[$(elapsed) s] $name (limit ${left} s)"
   timeout "$left" "$@" > "$WORK/$name.log" 2>&1
-  echo "[$(elapsed) s] $name exit $?"
+  local rc=$?
+  echo "[$(elapsed) s] $name exit $rc$([ $rc = 124 ] && echo ' (deadline)')"
   grep -v "Loading\|should be kept\|not expected\|Warning\|warn(" "$WORK/$name.log" | tail -12
   pack
 }
@@ -73,15 +78,15 @@ run_step() {  # name, minimum seconds, command...
 for step in "${STEPS[@]}"; do
   case $step in
     bench_*compiled*)  # an untimed update first: compilation (and recompiles) happen there
-      run_step "$step" 180 python3 -m vggflow bench --configs "$WORK/configs/${step#bench_}.yaml" \
+      run_step "$step" 200 python3 -m vggflow bench --configs "$WORK/configs/${step#bench_}.yaml" \
         --updates 1 --warmup 1 --out "$WORK/update_cost_${step#bench_}.csv" \
         --regions-out "$WORK/update_regions_${step#bench_}.csv" ;;
     bench_*)
-      run_step "$step" 90 python3 -m vggflow bench --configs "$WORK/configs/${step#bench_}.yaml" \
+      run_step "$step" 150 python3 -m vggflow bench --configs "$WORK/configs/${step#bench_}.yaml" \
         --updates 1 --warmup 0 --out "$WORK/update_cost_${step#bench_}.csv" \
         --regions-out "$WORK/update_regions_${step#bench_}.csv" ;;
     profile)
-      run_step profile 60 python3 scripts/profile_sd3_forward.py --config "$WORK/configs/vggflow.yaml" \
+      run_step profile 100 python3 scripts/profile_sd3_forward.py --config "$WORK/configs/vggflow.yaml" \
         --out "$WORK/forward.csv" --compile --repeats 3 --profile-out "$WORK/kernels.txt" ;;
     *) echo "unknown step $step (bench_<variant> or profile)"; exit 2 ;;
   esac
@@ -102,4 +107,3 @@ for f in sorted(glob.glob(f"{sys.argv[1]}/update_regions_*.csv")):
                    "mfu"]].to_string(index=False))
 PY
 echo "[$(elapsed) s] done: $OUT_DIR/bench.tar.gz"
-pack
