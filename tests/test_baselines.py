@@ -62,3 +62,43 @@ def test_bad_baseline_settings_name_the_key(method, message, make_run_config, tm
     cfg = make_run_config(method_name=method["name"], method=method)
     with pytest.raises(ConfigError, match=message):
         Trainer(RunConfig.from_mapping(cfg), tmp_path / "state", threads=1)
+
+
+def test_draft_k_differentiates_the_whole_guided_chain(make_run_config):
+    """DRaFT-K (K = 3, guidance 2): the LoRA gradient is that of the reward of the last K guided
+    Euler steps from the detached start, written out here with both branches differentiated after
+    the first step (whose input is detached; its unconditional branch gets no LoRA gradient). It
+    differs from the chain with every unconditional branch detached, which drops the branch's
+    Jacobian with respect to the state."""
+    cfg = make_run_config(method_name="draft", method={"name": "draft", "truncation": 3})
+    trainer = Trainer(RunConfig.from_mapping(cfg), "/nonexistent-state", threads=1)
+    method, model = trainer.method, trainer.model
+    generator = torch.Generator().manual_seed(0)
+    batch = method.prepare(trainer.rollout_batch(generator), generator)
+    guidance, prompts = batch.guidance, batch.prompts
+    assert guidance.scale != 1.0
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # a LoRA away from zero, so that both branches depend on it
+        for name, param in model.adapter().named_parameters():
+            if "lora_B" in name:
+                param.add_(0.05 * torch.randn(param.shape, generator=generator))
+    lora = [p for p in model.adapter().parameters() if p.requires_grad]
+
+    def chain_gradient(detach_after_first: bool):
+        x = batch.x
+        for index, (t0, t1) in enumerate(zip(batch.times[:-1], batch.times[1:])):
+            t = t0.expand(x.shape[0])
+            v_cond = model.velocity(x, t, guidance.cond)
+            v_uncond = model.velocity(x, t, guidance.uncond)
+            if index == 0 or detach_after_first:
+                v_uncond = v_uncond.detach()
+            x = x + (t1 - t0) * (v_uncond + guidance.scale * (v_cond - v_uncond))
+        reward = torch.relu(method.reward(model.decode(x), prompts)).mean()
+        return torch.autograd.grad(-reward, lora)
+
+    got = torch.autograd.grad(method.loss("lora", batch, 0)["loss"], lora)
+    want, all_detached = chain_gradient(False), chain_gradient(True)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+    gap = max((a - b).norm() / b.norm() for a, b in zip(all_detached, want) if b.norm() > 0)
+    assert gap > 1e-2, gap

@@ -8,7 +8,9 @@ with gradient and the loss is -mean(ReLU(r(x_1))).
 ``draft_lv`` (DRaFT-LV, K = 1): after the DRaFT-1 sample, the detached x_1 is re-noised to the
 last step's time, x' = t_{N-1} x_1 + (1 - t_{N-1}) eps, ``renoised_samples`` (n = 2) more times;
 each takes one Euler step with gradient, and the loss averages over the 1 + n samples.
-Gradients pass through the conditional branch of the guided velocity, as for the other methods.
+Gradients pass through the conditional branch of the guided velocity, as for the other methods;
+with K >= 2 the steps after the first differentiate the unconditional branch too, whose input
+then depends on the LoRA (detaching it there would drop its Jacobian from the chain).
 """
 
 from __future__ import annotations
@@ -84,10 +86,14 @@ class DRaFT(AdapterOnly):
         return TruncatedStart(x, rollout.times[start:], rollout.guidance, rollout.prompts, noise)
 
     def _steps(self, x: Tensor, times: Tensor, guidance: Guidance) -> Tensor:
-        """Guided Euler steps along ``times`` with gradient."""
-        for t0, t1 in zip(times[:-1], times[1:]):
+        """Guided Euler steps along ``times`` with gradient, from a detached ``x``. The first
+        step's unconditional branch is detached (its input carries no gradient, so only its
+        LoRA gradient is dropped, as for the other methods); later steps differentiate both
+        branches, since their input depends on the LoRA through the earlier steps."""
+        for index, (t0, t1) in enumerate(zip(times[:-1], times[1:])):
             t = t0.expand(x.shape[0])
-            x = x + (t1 - t0) * guidance.velocity(self.model.velocity, x, t, detach_uncond=True)
+            x = x + (t1 - t0) * guidance.velocity(self.model.velocity, x, t,
+                                                  detach_uncond=index == 0)
         return x
 
     def loss(self, module: str, batch: TruncatedStart, step: int) -> dict[str, Tensor]:
