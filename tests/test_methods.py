@@ -73,7 +73,7 @@ def test_vggflow_consistency_derivative_matches_finite_differences(make_run_conf
     batch = method.prepare(fixed_rollout(suite.flow_model), torch.Generator().manual_seed(1))
     method._set_first_threshold(batch)  # as the update's first loss does
     v_theta, v_base = method._velocities(batch)
-    g_fn = method.value_gradient_fn(v_theta, batch.guidance.cond, batch.prompts)
+    g_fn = method.value_gradient_fn(v_theta, batch.guidance, batch.prompts)
     with torch.no_grad():
         direction = v_base - method.settings.beta * g_fn(batch.x, batch.t)
     _, dg = torch.func.jvp(g_fn, (batch.x, batch.t), (direction, torch.ones_like(batch.t)))
@@ -92,7 +92,8 @@ def test_vggflow_value_gradient_starts_at_the_reward_gradient(make_run_config):
     t = torch.ones(4)
     prompts = [f"a handwritten {i}" for i in range(4)]
     cond = suite.flow_model.encode_prompts(prompts)
-    g = method.value_gradient_fn(torch.zeros_like(x), cond, prompts)(x, t)
+    guidance = Guidance(cond, suite.flow_model.null_condition(4), 1.0)
+    g = method.value_gradient_fn(torch.zeros_like(x), guidance, prompts)(x, t)
     x_req = x.clone().requires_grad_(True)
     reward = suite.reward("margin")(suite.flow_model.decode(x_req), prompts).sum()
     (grad_r,) = torch.autograd.grad(reward, x_req)

@@ -102,7 +102,7 @@ def measure(trainer: Trainer, samples: int = 4096, fine_steps: int = 400) -> dic
         for k in keep:
             t = trainer.times[k].expand(samples)
             v = guidance.velocity(model.velocity, rollout.states[k], t).detach()
-            g = method.value_gradient_fn(v, guidance.cond, prompts)(rollout.states[k], t)
+            g = method.value_gradient_fn(v, guidance, prompts)(rollout.states[k], t)
             gradients.append(g.detach().mean(0))
         gradient = torch.stack(gradients).double()
     fine = uniform_grid(fine_steps)

@@ -3,7 +3,11 @@
 Paper convention (t = 1 is data). With g_phi ~ grad V and beta = 1 / lambda:
 
 * value gradient (Eq. 16): g(x, t) = -eta_t * grad r(x1_hat) + nu_phi(x, t, c), where
-  x1_hat = x + (1 - t) * stopgrad(v_theta(x, t)) and eta_t = t^2 (or t);
+  x1_hat = x + (1 - t) * stopgrad(v_theta(x, t)) and eta_t = t^2 (or t). Where the consistency
+  loss evaluates g away from the transition (its derivative), ``prediction_velocity: held``
+  keeps the transition's v_theta (the stop-gradient read as a constant; a jvp through it
+  computes exactly this) and ``evaluated`` takes v_theta at each point (the paper's finite
+  differences);
 * consistency (Eq. 12): R = d_t g + (grad g) w + J_{v_base}^T stopgrad(g) with
   w = stopgrad(v_base - beta g). ``consistency: exact`` uses torch.func (a jvp of g along (w, 1)
   and a vjp of v_base); ``finite_difference`` (the paper's form, for SD3) uses central
@@ -52,6 +56,7 @@ from vggflow.timegrid import broadcast_time, one_step_prediction
 ETA_SCHEDULES = {"quadratic": lambda t: t * t, "linear": lambda t: t}
 CONSISTENCY = ("exact", "finite_difference")
 CLIP_MODES = ("quantile", "fixed", "none")
+PREDICTION_VELOCITIES = ("held", "evaluated")
 UPDATE_ORDERS = ("sequential", "joint")
 
 
@@ -68,6 +73,7 @@ class VGGFlowSettings(OptimizerSettings):
     consistency: str = "exact"
     fd_eps: float = 1e-3
     fd_eps_base: float = 1e-2
+    prediction_velocity: str = "held"
     reward_grad_clip: str = "quantile"
     reward_grad_quantile: float = 0.8
     reward_grad_max_norm: float = 1.0
@@ -79,6 +85,7 @@ class VGGFlowSettings(OptimizerSettings):
         require(self.beta > 0, f"{where}.beta", "must be positive")
         require(self.alpha >= 0, f"{where}.alpha", "must be >= 0")
         for key, allowed in (("eta", ETA_SCHEDULES), ("consistency", CONSISTENCY),
+                             ("prediction_velocity", PREDICTION_VELOCITIES),
                              ("reward_grad_clip", CLIP_MODES), ("update_order", UPDATE_ORDERS)):
             value = getattr(self, key)
             require(value in allowed, f"{where}.{key}",
@@ -254,12 +261,19 @@ class VGGFlow(MethodBase):
         tau = self.settings.reward_grad_max_norm if mode == "fixed" else self.threshold
         return clip_per_sample(reward_grad, tau)
 
-    def value_gradient_fn(self, v_theta: Tensor, cond: Tensor,
+    def value_gradient_fn(self, v_theta: Tensor, guidance: Guidance,
                           prompts: list[str]) -> Callable[[Tensor, Tensor], Tensor]:
-        """g(x, t) of Eq. 16 with the finetuned velocity frozen at ``v_theta`` (stop-gradient)."""
+        """g(x, t) of Eq. 16. The one-step prediction's velocity is ``v_theta`` wherever g is
+        evaluated (``prediction_velocity: held``), or the guided finetuned velocity at (x, t)
+        itself, without gradients to theta (``evaluated``; a jvp still carries its tangent)."""
 
         def g(x: Tensor, t: Tensor) -> Tensor:
-            return self._value_gradient(x, t, self._reward_gradient(x, t, v_theta, prompts), cond)
+            velocity = v_theta
+            if self.settings.prediction_velocity == "evaluated":
+                with torch.no_grad():
+                    velocity = guidance.velocity(self.model.velocity, x, t)
+            return self._value_gradient(x, t, self._reward_gradient(x, t, velocity, prompts),
+                                        guidance.cond)
 
         return g
 
@@ -307,7 +321,7 @@ class VGGFlow(MethodBase):
         beta = self.settings.beta
         x, t = batch.x, batch.t
         v_theta, v_base = self._velocities(batch)
-        g_fn = self.value_gradient_fn(v_theta, batch.guidance.cond, batch.prompts)
+        g_fn = self.value_gradient_fn(v_theta, batch.guidance, batch.prompts)
         with torch.no_grad():
             g0 = self._value_gradient(x, t, self._reward_gradient_at_transitions(batch),
                                       batch.guidance.cond)
