@@ -140,6 +140,31 @@ def test_joint_update_steps_both_networks_at_once(make_run_config, tmp_path):
     assert moved == {"value_net", "lora"}
 
 
+def test_joint_update_clips_each_network_to_the_norm(make_run_config, tmp_path, monkeypatch):
+    """``update_order: joint`` takes one step on both losses, with the value network's and the
+    LoRA's gradients each clipped to ``grad_clip_norm`` (the official code clips them
+    separately), not their joint norm."""
+    cfg = RunConfig.from_mapping(make_run_config(
+        method={"update_order": "joint", "grad_clip_norm": 1e-6}, train={"max_steps": 1}))
+    trainer = Trainer(cfg, tmp_path / "state", threads=1)
+    joint = trainer.modules["joint"]
+    seen = []
+    step = trainer.optimizers["joint"].step
+
+    def recording_step(*args, **kwargs):
+        seen.append({part: torch.linalg.vector_norm(torch.stack([
+            p.grad.norm() for p in joint[part].parameters()
+            if p.requires_grad and p.grad is not None])).item() for part in ("value_net", "lora")})
+        return step(*args, **kwargs)
+
+    monkeypatch.setattr(trainer.optimizers["joint"], "step", recording_step)
+    row = trainer.update()
+    assert len(seen) == 1
+    for part, norm in seen[0].items():
+        assert norm == pytest.approx(1e-6, rel=1e-3), (part, seen)
+    assert row["grad_norm_joint"] > 1e-3  # the total before clipping
+
+
 def test_finite_difference_consistency_terms_match_exact_ones_on_digits(make_run_config):
     cfg = RunConfig.from_mapping(make_run_config(method={"reward_grad_clip": "none"}))
     trainer = Trainer(cfg, "/nonexistent-state", threads=1)

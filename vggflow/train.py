@@ -314,7 +314,13 @@ class Trainer:
             self.collective.all_reduce_sum([*(p.grad for p in params if p.grad is not None),
                                             *logs.values()])
             settings = self.method.optimizer_settings(name)
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, settings.grad_clip_norm)
+            # the networks of a joint step (a ModuleDict) are clipped each to the norm, as the
+            # official VGG-Flow code clips its transformer and value net; logged: the total
+            groups = ([list(trainable_parameters(part).values()) for part in module.values()]
+                      if isinstance(module, torch.nn.ModuleDict) else [params])
+            grad_norm = torch.linalg.vector_norm(torch.stack([
+                torch.nn.utils.clip_grad_norm_(group, settings.grad_clip_norm)
+                for group in groups]))
             values = torch.stack([*logs.values(), grad_norm.double()]).tolist()  # the one sync
             if not math.isfinite(logs_loss := values[list(logs).index("loss")]):
                 raise FloatingPointError(
