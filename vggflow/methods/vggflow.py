@@ -79,7 +79,7 @@ class VGGFlowSettings(OptimizerSettings):
     reward_grad_max_norm: float = 1.0
     reward_grad_chunk: int | None = None
     update_order: str = "sequential"
-    code_version: int = 2
+    code_version: int = 3
 
     def check(self, where: str) -> None:
         require(self.beta > 0, f"{where}.beta", "must be positive")
