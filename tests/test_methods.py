@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from vggflow.config import RunConfig
+from vggflow.config import ConfigError, RunConfig
 from vggflow.methods import METHODS, load_builtin_methods
 from vggflow.sampling import Guidance, euler_rollout
 from vggflow.suites.digits import DigitsSuite
@@ -105,3 +105,17 @@ def test_refl_rejects_stop_steps_outside_the_grid(make_run_config):
 
     with pytest.raises(ConfigError, match="stop_steps"):
         build(make_run_config, "refl", method={"stop_steps": [15, 25]})
+
+
+def test_evaluated_prediction_velocity_with_finite_differences_needs_a_fine_dtype(
+        make_run_config):
+    """Re-evaluating the flow model at steps of fd_eps (1e-3) is below bf16's resolution (about
+    4e-3 of an O(1) latent): that combination is refused by name, with the fixes."""
+    cfg = RunConfig.from_mapping(make_run_config(method={
+        "consistency": "finite_difference", "prediction_velocity": "evaluated"}))
+    suite = DigitsSuite(cfg.resources, lora_rank=cfg.lora.rank, lora_alpha=cfg.lora.alpha)
+    METHODS.get("vggflow")(cfg, suite)  # the digits model runs in fp32
+    suite.flow_model.dtype = torch.bfloat16  # as an SD3 model with model.dtype bfloat16
+    with pytest.raises(ConfigError, match=r"prediction_velocity.*bfloat16.*float32 or "
+                                          r"prediction_velocity: held"):
+        METHODS.get("vggflow")(cfg, suite)

@@ -157,6 +157,14 @@ class VGGFlow(MethodBase):
         self.settings = from_dict(VGGFlowSettings, cfg.method, "method (vggflow)")
         require(self.settings.num_bins <= cfg.sampler.num_steps - 1, "method (vggflow).num_bins",
                 f"must be at most sampler.num_steps - 1 = {cfg.sampler.num_steps - 1}")
+        dtype = getattr(suite.flow_model, "dtype", torch.float32)
+        require(not (self.settings.prediction_velocity == "evaluated"
+                     and self.settings.consistency == "finite_difference"
+                     and dtype not in (torch.float32, torch.float64)),
+                "method (vggflow).prediction_velocity",
+                f"'evaluated' with consistency: finite_difference re-evaluates the flow model at "
+                f"steps of fd_eps ({self.settings.fd_eps:g}), which {dtype} does not resolve; use "
+                f"model.dtype float32 or prediction_velocity: held")
         self.model = suite.flow_model
         self.reward = suite.reward(cfg.reward)
         self.value_net = suite.value_network()
