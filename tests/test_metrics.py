@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 from scipy import linalg
 
 from vggflow.metrics.diversity import diversity
@@ -77,3 +78,19 @@ def test_step_metrics_identical_images_and_collapse():
     assert metrics(collapsed)["diversity_pixels"] == pytest.approx(0.0, abs=1e-12)
     assert 0 < metrics(halfway)["diversity_pixels"] < same["diversity_pixels"]
     assert metrics(halfway)["fd_prior_pixels"] > 0
+
+
+def test_eight_bit_storage_of_evaluation_images_round_trips_within_half_a_level():
+    """``eval.image_dtype: uint8`` stores round(255 x); read back as float32 in [0, 1] within
+    1/510 of the original, levels exact; float32 storage is the identity."""
+    from vggflow.sampling import images_for_storage, stored_images_as_float
+
+    images = torch.rand(2, 3, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    images[0, 0, 0, 0, :2] = torch.tensor([0.0, 1.0])
+    stored = images_for_storage(images, "uint8")
+    assert stored.dtype == torch.uint8
+    back = stored_images_as_float(stored)
+    assert back.dtype == torch.float32 and (back - images).abs().max() <= 0.5 / 255 + 1e-7
+    assert back[0, 0, 0, 0, :2].tolist() == [0.0, 1.0]
+    assert torch.equal(images_for_storage(back, "uint8"), stored)
+    assert torch.equal(stored_images_as_float(images_for_storage(images, "float32")), images)

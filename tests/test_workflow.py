@@ -338,7 +338,7 @@ def test_the_slurm_profile_selects_the_paper_config(tmp_path):
 
 def test_tiny_sd3_workflow_trains_samples_and_evaluates(tmp_path):
     """SD3's classes with tiny random weights through make_random_sd3, training, sampling, metrics
-    and tables; the exported LoRAs are diffusers-format files."""
+    and tables; the exported LoRAs are diffusers-format files; 8-bit evaluation images."""
     result = snakemake("--directory", str(tmp_path), "--snakefile", str(REPO / "Snakefile"),
                        "--configfile", str(REPO / ".test/config_tiny_sd3/config.yaml"),
                        "--cores", "2")
@@ -352,6 +352,18 @@ def test_tiny_sd3_workflow_trains_samples_and_evaluates(tmp_path):
         lora = tmp_path / f"results/runs/{run}/seed0/lora/step2/pytorch_lora_weights.safetensors"
         assert lora.is_file()
     assert (tmp_path / "results/tables/summary.csv").is_file()
+    # the .test config stores 8-bit images; a run's step 0 is the base model's images exactly
+    # (same noise and the same eval.batch_size batches), hence fd_prior 0 there
+    import torch
+
+    run_samples = torch.load(tmp_path / "results/runs/aesthetic/vggflow/seed0/samples.pt",
+                             weights_only=False)
+    base_samples = torch.load(tmp_path / "results/base/aesthetic/samples.pt", weights_only=False)
+    assert run_samples["images"].dtype == base_samples["images"].dtype == torch.uint8
+    assert torch.equal(run_samples["images"][0], base_samples["images"][0])
+    assert not torch.equal(run_samples["images"][-1], base_samples["images"][0])
+    at_start = metrics[(metrics["step"] == 0) & metrics["metric"].str.startswith("fd_prior")]
+    assert len(at_start) and (at_start["value"] == 0).all()
     # the documented inference path: a run's config and one of its LoRAs -> a PNG grid
     from conftest import run_cli
     from PIL import Image

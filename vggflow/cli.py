@@ -86,7 +86,7 @@ def cmd_train_digits_evalnet(args) -> None:
 def cmd_sample_base(args) -> None:
     _threads(args)
     from vggflow.config import BaseSampleConfig
-    from vggflow.sampling import sample_images
+    from vggflow.sampling import images_for_storage, sample_images
     from vggflow.suites import SUITES, load_builtin_suites
     from vggflow.train import resolve_device
     from vggflow.utils.io import torch_save_atomic
@@ -98,8 +98,11 @@ def cmd_sample_base(args) -> None:
     model = suite.flow_model
     prompts = suite.eval_prompts()
     images = sample_images(model.base_velocity, model, prompts, cfg.eval.images_per_prompt,
-                           cfg.sampler.num_steps, cfg.sampler.guidance_scale, cfg.eval.seed)
-    torch_save_atomic({"steps": [0], "prompts": prompts, "images": images[None]}, args.out)
+                           cfg.sampler.num_steps, cfg.sampler.guidance_scale, cfg.eval.seed,
+                           chunk_size=cfg.eval.batch_size)
+    torch_save_atomic({"steps": [0], "prompts": prompts,
+                       "images": images_for_storage(images, cfg.eval.image_dtype)[None]},
+                      args.out)
     print(f"base samples: {len(prompts)} prompts x {cfg.eval.images_per_prompt} -> {args.out}")
 
 
@@ -122,7 +125,7 @@ def cmd_sample(args) -> None:
     images = sample_images(velocity, model, prompts, args.images_per_prompt,
                            cfg.sampler.num_steps, cfg.sampler.guidance_scale,
                            cfg.eval.seed if args.seed is None else args.seed,
-                           chunk_size=cfg.train.micro_batch_size)
+                           chunk_size=cfg.eval.batch_size)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     # one row per prompt
     save_image(images.flatten(0, 1), args.out, nrow=args.images_per_prompt)
@@ -167,6 +170,7 @@ def cmd_metrics(args) -> None:
 
     from vggflow.config import RunConfig
     from vggflow.metrics.evaluate import step_metrics
+    from vggflow.sampling import stored_images_as_float
     from vggflow.suites import SUITES, load_builtin_suites
     from vggflow.train import resolve_device
     from vggflow.utils.io import atomic_path, torch_load
@@ -175,16 +179,17 @@ def cmd_metrics(args) -> None:
     load_builtin_suites()
     suite = SUITES.get(cfg.suite)(cfg.resources, device=resolve_device("auto"),
                                   settings=cfg.model)
-    samples = torch_load(args.samples, "run samples")
+    samples = torch_load(args.samples, "run samples", mmap=True)  # read a step at a time
     base = torch_load(args.base_samples, "base-model samples")
     if list(samples["prompts"]) != list(base["prompts"]):
         raise ValueError("run and base samples use different prompts")
     rewards = {name: suite.reward(name) for name in cfg.rewards}
     extractors = suite.feature_extractors(cfg.eval.features)
     rows = []
+    base_images = stored_images_as_float(base["images"][0])
     for step, images in zip(samples["steps"], samples["images"]):
-        values = step_metrics(images, base["images"][0], samples["prompts"], rewards,
-                              extractors, suite.reference_images, suite.extra_metrics)
+        values = step_metrics(stored_images_as_float(images), base_images, samples["prompts"],
+                              rewards, extractors, suite.reference_images, suite.extra_metrics)
         rows += [{"reward": cfg.reward, "method": cfg.method["name"], "seed": cfg.seed,
                   "step": step, "metric": k, "value": v} for k, v in values.items()]
         print(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in values.items()), flush=True)

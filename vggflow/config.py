@@ -397,19 +397,29 @@ class SamplerConfig:
         require(self.guidance_scale >= 0, f"{where}.guidance_scale", "must be >= 0")
 
 
+IMAGE_DTYPES = ("float32", "uint8")
+
+
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
     """Evaluation samples: fixed seed shared by all runs, images per prompt; the feature networks
     of the metrics (``features``: backend names, () = the suite's own; in a resolved config the
-    backends that will run, :func:`resolve_feature_backends`)."""
+    backends that will run, :func:`resolve_feature_backends`); ``batch_size`` images sampled and
+    decoded at a time (runs and base model alike); ``image_dtype`` of the stored images
+    (``float32``, or ``uint8``: 8-bit levels as a PNG holds them, 4x smaller)."""
 
     seed: int = 1234
     images_per_prompt: int = 16
     features: tuple[str, ...] = ()
     feature_fallback: str | None = None
+    batch_size: int = 32
+    image_dtype: str = "float32"
 
     def check(self, where: str) -> None:
         require(self.images_per_prompt >= 2, f"{where}.images_per_prompt", "must be >= 2")
+        require(self.batch_size >= 1, f"{where}.batch_size", "must be a positive integer")
+        require(self.image_dtype in IMAGE_DTYPES, f"{where}.image_dtype",
+                f"{self.image_dtype!r} is not allowed; allowed values: {', '.join(IMAGE_DTYPES)}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -233,3 +233,15 @@ def sample_images(
             images.append(model.decode_for_evaluation(rollout.final).float().cpu())
     stacked = torch.cat(images)
     return stacked.reshape(len(prompts), images_per_prompt, *stacked.shape[1:])
+
+
+def images_for_storage(images: Tensor, dtype: str) -> Tensor:
+    """[0, 1] images as stored: ``float32``, or ``uint8`` (round(255 x), as a PNG holds them)."""
+    if dtype == "uint8":
+        return images.mul(255).round().clamp(0, 255).to(torch.uint8)
+    return images.float()
+
+
+def stored_images_as_float(images: Tensor) -> Tensor:
+    """Stored images (float32 or uint8) as float32 in [0, 1]."""
+    return images.float() / 255 if images.dtype == torch.uint8 else images.float()

@@ -29,7 +29,7 @@ from vggflow.distributed import collective_for, local_device, micro_batch_genera
 from vggflow.methods import METHODS, load_builtin_methods
 from vggflow.methods.base import Method, WeightedChunks
 from vggflow.regions import region
-from vggflow.sampling import Guidance, sample_images
+from vggflow.sampling import Guidance, images_for_storage, sample_images
 from vggflow.suites import SUITES, Suite, load_builtin_suites
 from vggflow.utils.io import copy_file_atomic, copy_tree_atomic, torch_save_atomic
 from vggflow.utils.seeding import (
@@ -244,11 +244,13 @@ class Trainer:
         images = sample_images(self.model.velocity, self.model, self.suite.eval_prompts(),
                                self.cfg.eval.images_per_prompt, self.cfg.sampler.num_steps,
                                self.cfg.sampler.guidance_scale, self.cfg.eval.seed,
-                               chunk_size=self.cfg.train.micro_batch_size)
+                               chunk_size=self.cfg.eval.batch_size)
         lora_dir = self.state_dir / "lora" / f"step{step}"
         shutil.rmtree(lora_dir, ignore_errors=True)
         self.model.save_adapter(lora_dir)
-        torch_save_atomic({"step": step, "images": images}, self._eval_path(step))
+        torch_save_atomic({"step": step,
+                           "images": images_for_storage(images, self.cfg.eval.image_dtype)},
+                          self._eval_path(step))
 
     # ---------------------------------------------------------------- training
 
@@ -378,8 +380,12 @@ class Trainer:
         copy_tree_atomic(self.state_dir / "lora", outputs.lora_dir)
         copy_file_atomic(self.state_dir / LOG_FILE, outputs.log_csv)
         steps = [s for s in self.cfg.train.eval_steps() if s <= self.step]
-        images = torch.stack([torch.load(self._eval_path(s), weights_only=False)["images"]
-                              for s in steps])
+        images = None  # filled step by step: one checkpoint's images in memory besides
+        for index, step in enumerate(steps):
+            step_images = torch.load(self._eval_path(step), weights_only=False)["images"]
+            if images is None:
+                images = step_images.new_empty((len(steps), *step_images.shape))
+            images[index] = step_images
         torch_save_atomic({"steps": steps, "prompts": self.suite.eval_prompts(), "images": images},
                           outputs.samples)
 

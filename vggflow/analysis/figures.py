@@ -88,7 +88,8 @@ def pareto(metrics: pd.DataFrame, reward: str, path: str | Path):
 
 
 def _images(samples: dict) -> np.ndarray:
-    """``samples["images"]`` as an array (S, P, n, C, H, W), checked against steps and prompts."""
+    """``samples["images"]`` as an array (S, P, n, C, H, W), float in [0, 1] or uint8 levels (no
+    copy: the images drawn are converted one at a time), checked against steps and prompts."""
     images = np.asarray(samples["images"])
     if images.ndim != 6 or images.shape[3] not in (1, 3):
         raise ValueError(f"images must be (S, P, n, C, H, W) with C 1 or 3, got {images.shape}")
@@ -108,8 +109,10 @@ def _check_indices(name: str, indices: Iterable[int], size: int) -> list[int]:
 
 
 def _show(ax, image: np.ndarray) -> None:
-    """Draw one (C, H, W) image in [0, 1] without ticks: grey colormap for C = 1."""
-    image = np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0)
+    """Draw one (C, H, W) image, in [0, 1] or uint8 levels, without ticks: grey colormap for
+    C = 1."""
+    scale = 255.0 if image.dtype == np.uint8 else 1.0
+    image = np.clip(np.asarray(image, dtype=np.float32) / scale, 0.0, 1.0)
     interpolation = "nearest" if max(image.shape[1:]) <= TINY_PX else "antialiased"
     if image.shape[0] == 1:
         ax.imshow(image[0], cmap="gray", vmin=0.0, vmax=1.0, interpolation=interpolation)

@@ -36,14 +36,15 @@ def torch_save_atomic(obj: Any, path: str | os.PathLike) -> None:
         torch.save(obj, tmp)
 
 
-def torch_load(path: str | os.PathLike, what: str, hint: str = "") -> Any:
-    """Load a torch file, with an error that names the missing file and how to make it."""
+def torch_load(path: str | os.PathLike, what: str, hint: str = "", mmap: bool = False) -> Any:
+    """Load a torch file, with an error that names the missing file and how to make it.
+    ``mmap``: map its tensors from the file, read as they are used (large sample files)."""
     import torch
 
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{what} not found at {path}" + (f"; {hint}" if hint else ""))
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
 
 
 def copy_tree_atomic(src: str | os.PathLike, dst: str | os.PathLike) -> None:

@@ -9,7 +9,7 @@ from vggflow.analysis.figures import method_grid
 
 reward = snakemake.wildcards.reward
 seed = snakemake.params.seed
-samples = {method: torch.load(path, map_location="cpu", weights_only=False)
+samples = {method: torch.load(path, map_location="cpu", weights_only=False, mmap=True)
            for method, path in zip(snakemake.params.methods, snakemake.input.samples)}
 selected = pd.read_csv(snakemake.input.selected)
 selected = selected[(selected["reward"] == reward) & (selected["seed"] == seed)]
