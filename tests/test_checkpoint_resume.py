@@ -228,3 +228,30 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(uninterrupted_run, tmp
     samples = [torch.load(root / "samples.pt", weights_only=False)["images"]
                for root in (straight, killed)]
     assert torch.equal(samples[0], samples[1]), where
+
+
+def test_only_a_second_ctrl_c_stops_at_once():
+    """SLURM and the multi-GPU launcher send SIGTERM to every process, so one process may get it
+    twice: that, or SIGUSR1 after SIGTERM, keeps the request to save after the update; only
+    Ctrl-C twice stops at once."""
+    from vggflow.train import _StopFlag
+
+    with _StopFlag() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert stop.signal == signal.SIGTERM
+    with _StopFlag() as stop, pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.signal == signal.SIGINT
+        os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGTERM) is not None  # handlers restored
+
+
+def test_a_stop_during_the_last_update_finishes_the_run(make_run_config, tmp_path):
+    """A stop request in the last update does not cost a retry: the run ends as finished."""
+    cfg = RunConfig.from_mapping(make_run_config(method_name="refl"))
+    trainer = Trainer(cfg, tmp_path / "state", threads=1)
+    trainer.run(stop_after_steps=cfg.train.max_steps)  # would raise Interrupted before
+    assert trainer.step == cfg.train.max_steps
+    publish(trainer, tmp_path / "out")

@@ -10,6 +10,7 @@ quantile) are gathered in micro-batch order. One process (rank 0) writes logs, s
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import os
 from typing import Protocol
@@ -63,7 +64,10 @@ class ProcessGroup:
 
         self._dist = dist
         if not dist.is_initialized():
-            dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+            # process 0 alone samples the evaluation images while the others wait in the next
+            # collective: at SD3 scale that can outlast the default 10-minute timeout
+            dist.init_process_group("nccl" if device.startswith("cuda") else "gloo",
+                                    timeout=datetime.timedelta(hours=2))
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         self.device = device
 

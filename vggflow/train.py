@@ -31,7 +31,7 @@ from vggflow.methods.base import Method, WeightedChunks
 from vggflow.regions import region
 from vggflow.sampling import Guidance, images_for_storage, sample_images
 from vggflow.suites import SUITES, Suite, load_builtin_suites
-from vggflow.utils.io import copy_file_atomic, copy_tree_atomic, torch_save_atomic
+from vggflow.utils.io import atomic_path, copy_file_atomic, copy_tree_atomic, torch_save_atomic
 from vggflow.utils.seeding import (
     capture_rng_state,
     configure_torch,
@@ -89,8 +89,10 @@ def peak_memory_mb(device: str) -> float:
 
 
 class _StopFlag:
-    """Turns the first SIGINT, SIGTERM or SIGUSR1 (SLURM's warning before the time limit, with
-    ``sbatch --signal=USR1@<seconds>``) into a request to stop after the current update."""
+    """Turns SIGINT, SIGTERM or SIGUSR1 (SLURM's warning before the time limit, with
+    ``sbatch --signal=USR1@<seconds>``) into a request to stop after the current update. Only a
+    second SIGINT (Ctrl-C twice) stops at once: SLURM and the multi-GPU launcher both deliver
+    SIGTERM to every process, so one process may see it twice and must still save."""
 
     def __init__(self) -> None:
         self.signal: int | None = None
@@ -102,8 +104,10 @@ class _StopFlag:
         return self
 
     def _handle(self, signum, frame) -> None:
-        if self.signal is not None:  # second signal: stop now
-            raise KeyboardInterrupt
+        if self.signal is not None:
+            if signum == signal.SIGINT and self.signal == signal.SIGINT:  # Ctrl-C twice: now
+                raise KeyboardInterrupt
+            return
         self.signal = signum
         print(f"signal {signum}: saving state after the current update", file=sys.stderr,
               flush=True)
@@ -218,15 +222,18 @@ class Trainer:
         with path.open() as handle:
             rows = list(csv.DictReader(handle))
         kept = [row for row in rows if int(row["step"]) <= self.step]
-        if rows:
-            self._write_log(kept, list(rows[0]), mode="w")
+        if rows and self.is_main:  # replaced whole: a kill mid-way leaves the old file
+            with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+                writer.writeheader()
+                writer.writerows(kept)
 
-    def _write_log(self, rows: list[dict], fields: list[str], mode: str = "a") -> None:
+    def _write_log(self, rows: list[dict], fields: list[str]) -> None:
         if not self.is_main:
             return
         path = self.state_dir / LOG_FILE
-        new = mode == "w" or not path.exists()
-        with path.open(mode, newline="") as handle:
+        new = not path.exists()
+        with path.open("a", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=fields)
             if new:
                 writer.writeheader()
@@ -354,8 +361,9 @@ class Trainer:
                 self._write_log([row], list(row))
                 if self.step in eval_steps:
                     self.evaluate(self.step)
-                stopping = (self.collective.any(stop.signal is not None)
-                            or session_updates == stop_after_steps)
+                stopping = ((self.collective.any(stop.signal is not None)
+                             or session_updates == stop_after_steps)
+                            and self.step < train.max_steps)  # else finish: publish comes next
                 if (self.step % train.checkpoint_every == 0 or self.step in eval_steps
                         or self.step == train.max_steps or stopping):
                     self.save_state()
