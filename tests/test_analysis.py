@@ -98,6 +98,21 @@ def test_sweep_winner_is_the_best_reward_that_keeps_diversity():
         "refl": {"per_reward": {"margin": {"lr": 0.0003}}}}
 
 
+def test_the_sweep_judges_collapse_in_the_same_metric_as_the_checkpoint_selection():
+    """With several feature networks the sweep's limits use the metric the selection and Table 1
+    use (DreamSim before CLIP): a setting whose DreamSim diversity collapsed does not win on its
+    CLIP diversity, nor pass the fd_prior limit on CLIP's."""
+    data = sweep_metrics({"lr=0.001": (9.0, 0.05, 900.0), "lr=0.0003": (5.0, 0.3, 100.0)})
+    data["metric"] = data["metric"].str.replace("_evalnet", "_dreamsim")
+    clip = data[data["metric"] != "reward_margin"].copy()
+    clip["metric"] = clip["metric"].str.replace("_dreamsim", "_clip")
+    clip.loc[clip["step"] > 0, "value"] = clip["value"].where(
+        ~clip["metric"].str.startswith("diversity"), 0.35).where(
+        ~clip["metric"].str.startswith("fd_prior"), 50.0)
+    table = settings_table(pd.concat([data, clip]), 0.5, max_fd_prior=250.0).set_index("variant")
+    assert not table.loc["lr=0.001", "qualified"] and table.loc["lr=0.0003", "winner"]
+
+
 def test_a_setting_far_from_the_prior_does_not_qualify_when_fd_prior_is_limited():
     data = sweep_metrics({"lr=0.001": (9.0, 0.5, 900.0), "lr=0.0003": (5.0, 0.3, 100.0)})
     assert settings_table(data, 0.5).set_index("variant").loc["lr=0.001", "winner"]

@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from vggflow.analysis.selection import choose_metric
 from vggflow.analysis.style import label, method_rank
 from vggflow.config import sweep_overrides
 
@@ -30,14 +31,6 @@ def describe_rule(min_diversity_ratio: float, max_fd_prior: float | None) -> str
             f"diverge, with {limits}; else the most diverse setting")
 
 
-def diversity_metric(data: pd.DataFrame) -> str:
-    """The suite's diversity metric (the first ``diversity_*`` one)."""
-    names = sorted(m for m in data["metric"].unique() if m.startswith("diversity_"))
-    if not names:
-        raise ValueError("the sweep's metrics have no diversity_* metric to check collapse with")
-    return names[0]
-
-
 def settings_table(data: pd.DataFrame, min_diversity_ratio: float,
                    max_fd_prior: float | None = None) -> pd.DataFrame:
     """One row per (reward, method, variant): final means over seeds, ``qualified``, ``winner``.
@@ -47,9 +40,14 @@ def settings_table(data: pd.DataFrame, min_diversity_ratio: float,
     budget when a seed diverged), diverged, trained_reward, diversity, base_diversity,
     diversity_ratio, fd_prior (when measured), qualified, winner.
     """
-    diversity = diversity_metric(data)
-    fd_prior = next((m for m in sorted(data["metric"].unique()) if m.startswith("fd_prior_")),
-                    None)
+    # the same metrics as the checkpoint selection and Table 1 (DreamSim first, then Inception)
+    try:
+        diversity = choose_metric(data, "diversity")
+    except ValueError:
+        raise ValueError("the sweep's metrics have no diversity_* metric to check collapse "
+                         "with") from None
+    fd_prior = (choose_metric(data, "fd_prior")
+                if data["metric"].str.startswith("fd_prior_").any() else None)
     last_step = data.groupby(SETTING + ["seed"])["step"].transform("max")
     last = data[data["step"] == last_step]
     budget = data["step"].max()  # a diverged run's last evaluation comes before it
