@@ -49,8 +49,9 @@ def test_two_processes_train_what_one_process_trains(make_run_config, tmp_path, 
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
         runs[processes] = tmp_path / f"p{processes}"
     assert "process 2 of 2" in result.stdout
-    logs = [pd.read_csv(runs[p] / "log.csv").drop(columns=["elapsed_s", "peak_memory_mb"])
-            for p in (1, 2)]
+    logs = [pd.read_csv(runs[p] / "log.csv") for p in (1, 2)]
+    assert [set(log["processes"]) for log in logs] == [{1}, {2}]  # GPU-hours count them
+    logs = [log.drop(columns=["elapsed_s", "peak_memory_mb", "processes"]) for log in logs]
     pd.testing.assert_frame_equal(logs[0], logs[1], check_exact=True)
     if method == "vggflow":
         assert "reward_grad_threshold" in logs[0]

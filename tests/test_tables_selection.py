@@ -118,24 +118,35 @@ def test_budget_matched_gpu_hours():
             ("draft", 0): 20, ("draft", 1): 20}
     runs = [{"reward": r, "method": m, "seed": s} for r in REWARDS for m in METHODS for s in (0, 1)]
     logs = [pd.DataFrame({"step": np.arange(2, 11, 2),  # logged every 2: step 5 interpolated
-                          "elapsed_s": rate[(run["method"], run["seed"])] * np.arange(2, 11, 2.0)})
+                          "elapsed_s": rate[(run["method"], run["seed"])] * np.arange(2, 11, 2.0),
+                          "processes": 2})  # GPUs per run, from the training log
             for run in runs]
     times = training_times(logs, runs)
     assert (times[times["step"] == 0]["elapsed_s"] == 0).all()
-    chosen = budget_steps(synthetic_metrics(), times, budget="gpu_hours", gpus=2)
+    chosen = budget_steps(synthetic_metrics(), times, budget="gpu_hours")
     # vggflow 50 s at 5, draft 100 s at 5 > 55, refl seed 1 60 s at 10 > 55
     assert steps_of(chosen) == {("vggflow", 0): 5, ("vggflow", 1): 5, ("refl", 0): 10,
                                 ("refl", 1): 5, ("draft", 0): 0, ("draft", 1): 0}
     hours = chosen.set_index(["reward", "method", "seed"])["gpu_hours"]
     assert hours["aesthetic", "vggflow", 0] == pytest.approx(50 * 2 / 3600)
     assert hours["aesthetic", "refl", 1] == pytest.approx(30 * 2 / 3600)
+    # GPU-seconds are matched: draft on 1 GPU (100 s at 5, 200 s at 10) against refl's 110
+    # GPU-seconds reaches update 5, which it did not on 2 GPUs
+    for log, run in zip(logs, runs):
+        log["processes"] = 1 if run["method"] == "draft" else 2
+    chosen = budget_steps(synthetic_metrics(), training_times(logs, runs), budget="gpu_hours")
+    assert steps_of(chosen)[("draft", 0)] == 5
+    hours = chosen.set_index(["reward", "method", "seed"])["gpu_hours"]
+    assert hours["aesthetic", "draft", 0] == pytest.approx(100 / 3600)
 
 
 def test_compute_table_gpu_hours():
-    logs = [pd.DataFrame({"step": [1, 2], "elapsed_s": [s / 2, s], "peak_memory_mb": [1, 2]})
-            for s in (3600.0, 7200.0)]
+    logs = [pd.DataFrame({"step": [1, 2], "elapsed_s": [s / 2, s], "peak_memory_mb": [1, 2],
+                          "processes": 4}) for s in (3600.0, 7200.0)]
     runs = [{"reward": "aesthetic", "method": "vggflow", "seed": s} for s in (0, 1)]
-    row = compute_table(logs, runs, gpus=4).iloc[0]
+    assert compute_table([log.drop(columns="processes") for log in logs], runs).iloc[0][
+        "gpu_hours"] == pytest.approx(1.5)  # an older log without the column: one process
+    row = compute_table(logs, runs).iloc[0]
     assert row["gpu_hours"] == pytest.approx(6.0)
     assert row["gpu_hours_std"] == pytest.approx(math.sqrt(8.0))
     assert row["seconds_per_update"] == pytest.approx(2700.0) and row["runs"] == 2

@@ -357,7 +357,8 @@ class Trainer:
                 session_updates += 1
                 self.elapsed += time.perf_counter() - start
                 row = {"step": self.step, "elapsed_s": round(self.elapsed, 4), **row,
-                       "peak_memory_mb": round(peak_memory_mb(self.device), 1)}
+                       "peak_memory_mb": round(peak_memory_mb(self.device), 1),
+                       "processes": self.collective.world_size}
                 self._write_log([row], list(row))
                 if self.step in eval_steps:
                     self.evaluate(self.step)

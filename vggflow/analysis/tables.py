@@ -6,7 +6,7 @@ every run shares (the LoRA starts at zero). ``summary`` reports every metric at 
 ``paper_table`` the paper's Table 1 layout (trained reward, diversity, prior distance) at the
 updates chosen by ``budget_steps`` or ``vggflow.analysis.selection.select_checkpoints``. Times:
 ``elapsed_s`` is training wall time in seconds (evaluation excluded); GPU-hours are
-``elapsed_s / 3600 x gpus``.
+``elapsed_s / 3600 x processes`` (one process per GPU, from the training log).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import yaml
 
 from vggflow.analysis.selection import choose_metric
 from vggflow.analysis.style import BASE, label, method_rank, metric_family, ordered_methods
+from vggflow.analysis.times import run_processes
 
 COLUMNS = ["reward", "method", "seed", "step", "metric", "value"]
 RUN = ["reward", "method", "seed"]
@@ -98,7 +99,7 @@ def write_tables(data: pd.DataFrame, csv_path: str | Path, markdown_path: str | 
     to_markdown(table, markdown_path)
 
 
-def compute_table(logs: list[pd.DataFrame], runs: list[dict], gpus: int = 1,
+def compute_table(logs: list[pd.DataFrame], runs: list[dict],
                   benchmarks: list[pd.DataFrame | None] | None = None) -> pd.DataFrame:
     """Per method: wall time per update, training GPU-hours per run and peak memory, from the
     runs' training logs; with ``benchmarks`` (each train job's Snakemake ``benchmark:`` table, or
@@ -107,9 +108,10 @@ def compute_table(logs: list[pd.DataFrame], runs: list[dict], gpus: int = 1,
 
     ``runs[i]`` names the reward, method and seed of ``logs[i]``. Time is training only
     (``elapsed_s`` at the last update / updates, evaluation sampling excluded); ``gpu_hours`` is a
-    run's total training time x ``gpus`` / 3600, mean (and ``gpu_hours_std``) over the method's
-    runs; memory is the process's peak (``peak_memory_mb``: GPU memory on CUDA, resident set size
-    on CPU, which includes the ~0.6 GB of the imported libraries).
+    run's total training time x its processes (GPUs, the log's ``processes``) / 3600, mean (and
+    ``gpu_hours_std``) over the method's runs; memory is the process's peak (``peak_memory_mb``:
+    GPU memory on CUDA, resident set size on CPU, which includes the ~0.6 GB of the imported
+    libraries).
     """
     rows = []
     for index, (log, run) in enumerate(zip(logs, runs)):
@@ -117,7 +119,7 @@ def compute_table(logs: list[pd.DataFrame], runs: list[dict], gpus: int = 1,
         job = benchmarks[index] if benchmarks is not None else None
         rows.append({**run, "updates": int(last["step"]),
                      "seconds_per_update": last["elapsed_s"] / last["step"],
-                     "gpu_hours": last["elapsed_s"] * gpus / 3600,
+                     "gpu_hours": last["elapsed_s"] * run_processes(log) / 3600,
                      "peak_memory_mb": log["peak_memory_mb"].max(),
                      "job_wall_s": np.nan if job is None else float(job["s"].iloc[-1]),
                      "job_max_rss_mb": np.nan if job is None else float(job["max_rss"].max())})
@@ -219,7 +221,7 @@ def _elapsed_at(evaluated: pd.DataFrame, times: pd.DataFrame) -> pd.Series:
 
 
 def budget_steps(metrics: pd.DataFrame, times: pd.DataFrame | None = None,
-                 budget: str = "last", gpus: int = 1) -> pd.DataFrame:
+                 budget: str = "last") -> pd.DataFrame:
     """The update each run (reward, method, seed) is compared at, under a budget rule.
 
     * ``"last"``: the run's last evaluated update.
@@ -227,14 +229,15 @@ def budget_steps(metrics: pd.DataFrame, times: pd.DataFrame | None = None,
       runs' last evaluated updates (the largest update every method's runs reached); each run
       uses its last evaluated update <= that.
     * ``"gpu_hours"`` (matched compute, needs ``times``): per trained reward, the budget is the
-      smallest, over methods, of the mean over seeds of the training seconds at each run's last
-      evaluated update; each run uses its last evaluated update whose training time is within
-      it (step 0 always is, so a seed of the cheapest method that ran slower than its mean drops
-      to an earlier checkpoint). Training seconds at an update come from ``times`` (see
-      ``vggflow.analysis.times.training_times``), interpolated between logged updates.
+      smallest, over methods, of the mean over seeds of the training GPU-seconds (seconds x
+      processes) at each run's last evaluated update; each run uses its last evaluated update
+      whose training GPU-seconds are within it (step 0 always is, so a seed of the cheapest
+      method that ran slower than its mean drops to an earlier checkpoint). Training seconds at
+      an update come from ``times`` (see ``vggflow.analysis.times.training_times``),
+      interpolated between logged updates.
 
     Returns reward, method, seed, step and, when ``times`` is given, ``gpu_hours`` (training
-    GPU-hours up to that update: elapsed_s x ``gpus`` / 3600).
+    GPU-hours up to that update: elapsed_s x processes / 3600).
     """
     if budget not in ("last", "updates", "gpu_hours"):
         raise ValueError(f"unknown budget {budget!r}: use 'last', 'updates' or 'gpu_hours'")
@@ -242,25 +245,28 @@ def budget_steps(metrics: pd.DataFrame, times: pd.DataFrame | None = None,
         raise ValueError("budget 'gpu_hours' needs the runs' training times")
     evaluated = (metrics[[*RUN, "step"]].drop_duplicates().sort_values([*RUN, "step"])
                  .reset_index(drop=True))
-    if times is not None:
-        evaluated["elapsed_s"] = _elapsed_at(evaluated, times)
+    if times is not None:  # GPU-seconds: training seconds x the run's processes
+        processes = (times.groupby(RUN, as_index=False)["processes"].max() if "processes" in times
+                     else times[RUN].drop_duplicates().assign(processes=1))
+        evaluated["gpu_seconds"] = _elapsed_at(evaluated, times) * evaluated[RUN].merge(
+            processes, on=RUN, how="left")["processes"].fillna(1).to_numpy()
     last = evaluated.groupby(RUN)["step"].transform("max")
     if budget == "last":
         pool = evaluated
     elif budget == "updates":
         pool = evaluated[evaluated["step"] <= last.groupby(evaluated["reward"]).transform("min")]
     else:
-        totals = (evaluated[evaluated["step"] == last].groupby(["reward", "method"])["elapsed_s"]
+        totals = (evaluated[evaluated["step"] == last].groupby(["reward", "method"])["gpu_seconds"]
                   .mean().groupby("reward").min())
         limit = evaluated["reward"].map(totals) * (1 + 1e-9)  # a mean of equal times may round
-        pool = evaluated[evaluated["elapsed_s"] <= limit]
+        pool = evaluated[evaluated["gpu_seconds"] <= limit]
     chosen = pool.loc[pool.groupby(RUN)["step"].idxmax()]
     if len(chosen) != evaluated.groupby(RUN).ngroups:
         raise ValueError(f"some runs have no evaluated update within the {budget!r} budget "
                          "(is step 0 evaluated for every run?)")
     out = chosen[[*RUN, "step"]].reset_index(drop=True)
     if times is not None:
-        out["gpu_hours"] = chosen["elapsed_s"].to_numpy() * gpus / 3600
+        out["gpu_hours"] = chosen["gpu_seconds"].to_numpy() / 3600
     return out
 
 
