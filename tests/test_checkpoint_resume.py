@@ -255,3 +255,22 @@ def test_a_stop_during_the_last_update_finishes_the_run(make_run_config, tmp_pat
     trainer.run(stop_after_steps=cfg.train.max_steps)  # would raise Interrupted before
     assert trainer.step == cfg.train.max_steps
     publish(trainer, tmp_path / "out")
+
+
+def test_an_unreadable_state_is_set_aside_and_the_run_starts_over(make_run_config, tmp_path,
+                                                                  capsys):
+    """A truncated state file (a node crash) does not fail every retry: it is moved aside with
+    its folder, named, and the run trains from scratch to the uninterrupted result."""
+    cfg = RunConfig.from_mapping(make_run_config(method_name="refl"))
+    straight = Trainer(cfg, tmp_path / "straight", threads=1)
+    straight.run()
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    (state_dir / STATE_FILE).write_bytes(b"PK\x03\x04 truncated")
+    trainer = Trainer(cfg, state_dir, threads=1)
+    trainer.run()
+    assert "cannot be read" in capsys.readouterr().out
+    assert (tmp_path / "state.unreadable" / STATE_FILE).read_bytes() == b"PK\x03\x04 truncated"
+    assert trainer.step == cfg.train.max_steps
+    ours, want = final_parameters(trainer), final_parameters(straight)
+    assert all(torch.equal(ours[k], want[k]) for k in want)

@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import pickle
 import resource
 import shutil
 import signal
@@ -185,17 +186,13 @@ class Trainer:
             if self.is_main:
                 shutil.rmtree(self.state_dir, ignore_errors=True)
             return False
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as error:
+            return self._set_state_aside(".unreadable", f"cannot be read ({error})")
         if state["config_digest"] != self.digest:
-            if not self.is_main:
-                return False
-            suffix = f".stale-{state['config_digest'][:8]}"
-            stale = self.state_dir.with_name(self.state_dir.name + suffix)
-            print(f"state in {self.state_dir} belongs to another config; moved to {stale}; "
-                  "starting from scratch", flush=True)
-            shutil.rmtree(stale, ignore_errors=True)
-            self.state_dir.rename(stale)
-            return False
+            return self._set_state_aside(f".stale-{state['config_digest'][:8]}",
+                                         "belongs to another config")
         for name, module in self.modules.items():
             params = trainable_parameters(module)
             saved = state["modules"][name]
@@ -213,6 +210,17 @@ class Trainer:
         self._truncate_log()
         print(f"resumed from {path} at update {self.step}", flush=True)
         return True
+
+    def _set_state_aside(self, suffix: str, why: str) -> bool:
+        """Move the state folder to ``<state><suffix>`` (kept, never reused) so that the run
+        starts from scratch; returns False (nothing resumed)."""
+        if self.is_main:
+            aside = self.state_dir.with_name(self.state_dir.name + suffix)
+            print(f"state in {self.state_dir} {why}; moved to {aside}; starting from scratch",
+                  flush=True)
+            shutil.rmtree(aside, ignore_errors=True)
+            self.state_dir.rename(aside)
+        return False
 
     def _truncate_log(self) -> None:
         """Drop log rows written after the saved state (they will be recomputed)."""

@@ -30,10 +30,15 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def torch_save_atomic(obj: Any, path: str | os.PathLike) -> None:
+    """torch.save through :func:`atomic_path`, flushed to disk before the rename (a node that
+    crashes right after leaves the old file or the whole new one, not a truncated one)."""
     import torch
 
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        with open(tmp, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
 
 
 def torch_load(path: str | os.PathLike, what: str, hint: str = "", mmap: bool = False) -> Any:
