@@ -89,6 +89,15 @@ def peak_memory_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _write_csv_rows(path: Path, mode: str, rows: list[dict], fields: list[str],
+                    header: bool) -> None:
+    with path.open(mode, newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        if header:
+            writer.writeheader()
+        writer.writerows(rows)
+
+
 class _StopFlag:
     """Turns SIGINT, SIGTERM or SIGUSR1 (SLURM's warning before the time limit, with
     ``sbatch --signal=USR1@<seconds>``) into a request to stop after the current update. Only a
@@ -230,22 +239,20 @@ class Trainer:
         with path.open() as handle:
             rows = list(csv.DictReader(handle))
         kept = [row for row in rows if int(row["step"]) <= self.step]
-        if rows and self.is_main:  # replaced whole: a kill mid-way leaves the old file
-            with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
-                writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-                writer.writeheader()
-                writer.writerows(kept)
+        if rows:
+            self._write_log(kept, list(rows[0]), replace=True)
 
-    def _write_log(self, rows: list[dict], fields: list[str]) -> None:
+    def _write_log(self, rows: list[dict], fields: list[str], replace: bool = False) -> None:
+        """Append rows to the training log (with a header if it is new), or ``replace`` it
+        whole, atomically, so that a kill mid-way leaves the old file."""
         if not self.is_main:
             return
         path = self.state_dir / LOG_FILE
-        new = not path.exists()
-        with path.open("a", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=fields)
-            if new:
-                writer.writeheader()
-            writer.writerows(rows)
+        if replace:
+            with atomic_path(path) as tmp:
+                _write_csv_rows(tmp, "w", rows, fields, header=True)
+        else:
+            _write_csv_rows(path, "a", rows, fields, header=not path.exists())
 
     # ---------------------------------------------------------------- evaluation
 

@@ -245,11 +245,10 @@ def budget_steps(metrics: pd.DataFrame, times: pd.DataFrame | None = None,
         raise ValueError("budget 'gpu_hours' needs the runs' training times")
     evaluated = (metrics[[*RUN, "step"]].drop_duplicates().sort_values([*RUN, "step"])
                  .reset_index(drop=True))
-    if times is not None:  # GPU-seconds: training seconds x the run's processes
-        processes = (times.groupby(RUN, as_index=False)["processes"].max() if "processes" in times
-                     else times[RUN].drop_duplicates().assign(processes=1))
-        evaluated["gpu_seconds"] = _elapsed_at(evaluated, times) * evaluated[RUN].merge(
-            processes, on=RUN, how="left")["processes"].fillna(1).to_numpy()
+    if times is not None:  # GPU-seconds: training seconds x the run's processes (default 1)
+        processes = times.assign(processes=times.get("processes", 1)).groupby(RUN)["processes"]
+        evaluated["gpu_seconds"] = _elapsed_at(evaluated, times) * evaluated.join(
+            processes.max(), on=RUN)["processes"]
     last = evaluated.groupby(RUN)["step"].transform("max")
     if budget == "last":
         pool = evaluated
