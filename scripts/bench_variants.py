@@ -5,9 +5,11 @@ one overlay per variant, resolved for the config's first reward and seed 0.
     python scripts/bench_variants.py --out-dir /tmp/configs vggflow vggflow_packed adjoint_matching
 
 Variants: ``<method>`` (the bench config as it is), then any of the suffixes ``_packed``
-(``model.attention: packed``), ``_compiled`` (``model.compile: blocks``), ``_1024`` (1024 px,
-micro-batch 4), ``_no_tf32`` (``train.tf32`` off), ``_adjoint_kept`` (``model.checkpoint_adjoint``
-off: the adjoint ODE's activations kept, not recomputed), e.g. ``vggflow_packed_compiled``. Writes
+(``model.attention: packed``, the default), ``_diffusers_attention`` (diffusers' joint-attention
+processor), ``_compiled`` (``model.compile: blocks``), ``_1024`` (1024 px, micro-batch 4),
+``_no_tf32`` (``train.tf32`` off), ``_adjoint_kept`` (``model.checkpoint_adjoint`` off: the
+adjoint ODE's activations kept, not recomputed), ``_forward_fd`` (VGG-Flow's ``fd_scheme:
+forward``), e.g. ``vggflow_packed_compiled``. Writes
 ``<variant>.yaml`` per variant.
 """
 
@@ -28,10 +30,12 @@ from vggflow.config import (
 REPO = Path(__file__).resolve().parents[1]
 OVERLAYS = {
     "packed": {"model": {"attention": "packed"}},
+    "diffusers_attention": {"model": {"attention": "diffusers"}},
     "compiled": {"model": {"compile": "blocks"}},
     "1024": {"model": {"resolution": 1024}, "train": {"micro_batch_size": 4}},
     "no_tf32": {"train": {"tf32": False}},
     "adjoint_kept": {"model": {"checkpoint_adjoint": False}},
+    "forward_fd": {"method": {"fd_scheme": "forward"}},  # the method's settings, not the config's
 }
 
 
@@ -46,8 +50,9 @@ def resolve_variant(config: dict, variant: str) -> dict:
     if not method_file.is_file():
         raise SystemExit(f"unknown variant {variant!r}: no method file {method_file}; variants "
                          f"are <method> followed by any of _{', _'.join(OVERLAYS)}")
+    method_settings = overlay.pop("method", {})
     return resolve_run_config(deep_merge(config, overlay), load_yaml(method_file),
-                              config["rewards"][0], method, 0)
+                              config["rewards"][0], method, 0, overrides=method_settings)
 
 
 def main() -> None:

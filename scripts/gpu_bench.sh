@@ -22,9 +22,10 @@ set -u -o pipefail
 OUT_DIR=${1:?usage: bash scripts/gpu_bench.sh OUT_DIR [STEP...]}
 shift
 STEPS=("$@")
-[ ${#STEPS[@]} -gt 0 ] || STEPS=(bench_vggflow profile bench_adjoint_matching
+[ ${#STEPS[@]} -gt 0 ] || STEPS=(bench_vggflow bench_vggflow_forward_fd
                                  bench_adjoint_matching_adjoint_kept
-                                 bench_vggflow_packed_compiled bench_vggflow_1024)
+                                 bench_vggflow_diffusers_attention bench_vggflow_compiled
+                                 profile bench_vggflow_1024)
 START=$(date +%s)
 DEADLINE=${DEADLINE:-540}
 WORK=$(mktemp -d)

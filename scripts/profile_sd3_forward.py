@@ -3,8 +3,9 @@ training forward + backward, each in several variants, side by side in one proce
 
 Variants: ``peft_fp32`` (peft's own LoRA forward, which casts each LoRA input to fp32),
 ``lora_model_dtype`` (the LoRA products in bf16, ``model.lora_compute_dtype: model``),
-``no_lora`` (adapters off: the frozen base), ``packed_attention`` (the bf16 LoRA with
-``model.attention: packed``: image and text tokens joined before the head split), and with
+``no_lora`` (adapters off: the frozen base), all three with diffusers' joint attention
+whatever the config says, ``packed_attention`` (the bf16 LoRA with ``model.attention: packed``,
+the default: image and text tokens joined before the head split), and with
 ``--compile`` ``packed_attention_compiled`` (that, with every transformer block compiled by
 ``torch.compile`` as ``model.compile: blocks`` does; its compile time is the first call's extra
 seconds).
@@ -26,7 +27,7 @@ import pandas as pd
 import torch
 
 from vggflow.bench import flop_counter, matmul_throughput, synchronize
-from vggflow.config import RunConfig
+from vggflow.config import RunConfig, load_yaml
 from vggflow.models.sd3 import compile_transformer_blocks, compute_lora_in_input_dtype
 from vggflow.models.sd3_attention import use_packed_joint_attention
 from vggflow.sampling import Guidance
@@ -49,6 +50,12 @@ def timed(fn, device: str, repeats: int) -> tuple[float, float]:
     return first, best
 
 
+def joint_attention_processor(transformer: torch.nn.Module) -> str:
+    """The class name of the first joint-attention layer's processor."""
+    return next(type(m.processor).__name__ for m in transformer.modules()
+                if getattr(m, "add_q_proj", None) is not None)
+
+
 def counted_flops(fn) -> int:
     counter = flop_counter()
     with counter:
@@ -65,7 +72,10 @@ def main() -> None:
     parser.add_argument("--profile-out", help="text file for the profiler's kernel table")
     args = parser.parse_args()
 
-    cfg = RunConfig.load(args.config)
+    raw = load_yaml(args.config)
+    # diffusers' joint attention for the first variants, whatever the config's (default packed)
+    raw["model"] = {**raw.get("model", {}), "attention": "diffusers", "compile": "none"}
+    cfg = RunConfig.from_mapping(raw, source=args.config)
     device = cfg.train.device
     model = build_suite(cfg, device).flow_model
     torch.manual_seed(0)
@@ -101,6 +111,7 @@ def main() -> None:
         if variant == "lora_model_dtype":
             flops_of[name] = flops
         rows.append({"variant": variant, "pass": name, "images": images,
+                     "attention": joint_attention_processor(model.transformer),
                      "seconds": best, "first_call_s": first, "tflop": flops / 1e12,
                      "tflops": flops / best / 1e12, "mfu": flops / best / peak})
         print(f"{variant:28s} {name:8s} {best * 1e3:8.1f} ms  {flops / 1e12:7.2f} TFLOP  "

@@ -46,16 +46,19 @@ def test_mixture_velocity_transports_noise_to_the_mixture():
 
 @pytest.fixture(scope="module")
 def trained():
-    """VGG-Flow (exact and finite-difference consistency) and PMP trained on the closed form."""
+    """VGG-Flow (exact consistency, central and forward differences) and PMP trained on the
+    closed form."""
     return {
         "exact": cf.measure(cf.train(cf.run_config("vggflow", 800, "exact"), threads=2)),
         "finite_difference": cf.measure(
             cf.train(cf.run_config("vggflow", 800, "finite_difference"), threads=2)),
+        "forward_difference": cf.measure(cf.train(
+            cf.run_config("vggflow", 800, "finite_difference", fd_scheme="forward"), threads=2)),
         "pmp": cf.measure(cf.train(cf.run_config("vggflow_pmp", 500, num_steps=60), threads=2)),
     }
 
 
-@pytest.mark.parametrize("variant", ["exact", "finite_difference", "pmp"])
+@pytest.mark.parametrize("variant", ["exact", "finite_difference", "forward_difference", "pmp"])
 def test_trained_control_value_gradient_and_shift_match_the_closed_form(trained, variant):
     result = trained[variant]
     # shift is clearly non-zero: beta s^2 a pi / (2 s) = (0.47, 0.24)
@@ -120,6 +123,21 @@ def test_consistency_residual_vanishes_at_the_closed_form(consistency):
     batch = method.prepare(base_rollout(suite, 20), torch.Generator().manual_seed(1))
     residual, g = method.consistency_residual(batch)
     assert residual.abs().max() < 1e-3 * g.abs().max()
+
+
+def test_forward_differences_leave_a_first_order_residual_at_the_closed_form():
+    """``fd_scheme: forward`` at the closed-form g: the residual is the differences' truncation
+    error, which halves with the step (central differences leave under 1e-4 at both steps)."""
+    largest = {}
+    for eps in (2e-3, 1e-3):
+        method, suite = toy_method("vggflow", consistency="finite_difference",
+                                   fd_scheme="forward", fd_eps=eps)
+        method.value_net = ClosedFormNu()
+        batch = method.prepare(base_rollout(suite, 20), torch.Generator().manual_seed(1))
+        residual, g = method.consistency_residual(batch)
+        largest[eps] = (residual.abs().max() / g.abs().max()).item()
+    assert largest[1e-3] < 5e-3, largest
+    assert largest[2e-3] / largest[1e-3] == pytest.approx(2, rel=0.1), largest
 
 
 def test_finite_difference_agrees_with_exact_on_toy2d():

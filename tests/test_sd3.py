@@ -381,7 +381,7 @@ def test_base_jacobian_difference_resolves_in_bf16_at_the_papers_scale(tiny_sd3)
     SD3's step (0.1) it stays near the float64 product, while the former step eps * g (eps 1e-3)
     vanishes in the input's bf16 rounding, and with a larger g gives rounding noise many times
     the product."""
-    from vggflow.methods.vggflow import unit_rms_central_difference
+    from vggflow.methods.vggflow import unit_rms_difference
 
     def base_velocity(dtype: str):
         model = SD3FlowModel(tiny_sd3["pipeline"], {**SETTINGS, "dtype": dtype}, 4, 4, "cpu",
@@ -396,12 +396,12 @@ def test_base_jacobian_difference_resolves_in_bf16_at_the_papers_scale(tiny_sd3)
     x = torch.randn(len(PROMPTS), *model.sample_shape, generator=generator, dtype=torch.float64)
     direction = torch.randn(x.shape, generator=generator, dtype=torch.float64)
     with torch.no_grad():
-        exact = unit_rms_central_difference(float64, x, direction, 1e-6)
+        exact = unit_rms_difference(float64, x, direction, 1e-6)
 
         def error(product):
             return ((product - exact).norm() / exact.norm()).item()
 
-        errors = {"unit RMS, step 0.1": error(unit_rms_central_difference(bf16, x, direction, 0.1)),
+        errors = {"unit RMS, step 0.1": error(unit_rms_difference(bf16, x, direction, 0.1)),
                   **{f"eps * g, rms(g) {scale:g}": error(
                       (bf16(x + 1e-3 * scale * direction) - bf16(x - 1e-3 * scale * direction))
                       / (2e-3 * scale)) for scale in (1e-6, 1e-2)}}
@@ -534,6 +534,9 @@ def test_gpu_bench_script_runs_its_steps_and_packs_what_it_measured(tiny_sd3, tm
     forward = pd.read_csv(unpacked / "forward.csv")
     assert {"peft_fp32", "lora_model_dtype", "packed_attention",
             "packed_attention_compiled"} <= set(forward["variant"])
+    processors = forward.groupby("variant")["attention"].unique().map(list)
+    assert processors["lora_model_dtype"] == ["JointAttnProcessor2_0"]  # whatever the default
+    assert processors["packed_attention"] == ["PackedJointAttnProcessor"]
     assert (unpacked / "kernels.txt.packed").is_file()
     assert (unpacked / "update_cost_refl.csv").is_file()
     short = subprocess.run(

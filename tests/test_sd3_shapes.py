@@ -126,3 +126,25 @@ def test_activation_memory_count_grows_with_samples_and_tokens_not_weights(tmp_p
     assert one > 0 and gib(2, 512) == pytest.approx(2 * one, rel=1e-9)
     tokens = {512: 32 * 32 + 333, 1024: 64 * 64 + 333}
     assert gib(1, 1024) / one == pytest.approx(tokens[1024] / tokens[512], rel=0.2)
+
+
+def test_bench_variants_apply_their_overlays_to_the_config_and_the_method(tmp_path):
+    """scripts/bench_variants.py: each suffix overlays its block (``_diffusers_attention``: the
+    model's, ``_forward_fd``: the method's settings, which the experiment config cannot hold);
+    the plain variant keeps the defaults; an unknown one is refused by name."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bench_variants.py"
+    subprocess.run([sys.executable, script, "--out-dir", str(tmp_path), "vggflow",
+                    "vggflow_forward_fd_diffusers_attention"], check=True, timeout=120)
+    plain = yaml.safe_load((tmp_path / "vggflow.yaml").read_text())
+    both = yaml.safe_load((tmp_path / "vggflow_forward_fd_diffusers_attention.yaml").read_text())
+    assert (plain["method"]["fd_scheme"], plain["model"]["attention"]) == ("central", "packed")
+    assert (both["method"]["fd_scheme"], both["model"]["attention"]) == ("forward", "diffusers")
+    unknown = subprocess.run([sys.executable, script, "--out-dir", str(tmp_path), "vggflow_bogus"],
+                             capture_output=True, text=True, timeout=120)
+    assert unknown.returncode != 0 and "unknown variant 'vggflow_bogus'" in unknown.stderr

@@ -7,7 +7,7 @@ import torch
 
 from vggflow.config import ConfigError, RunConfig
 from vggflow.methods import METHODS, load_builtin_methods
-from vggflow.methods.vggflow import ETA_SCHEDULES, clip_per_sample, unit_rms_central_difference
+from vggflow.methods.vggflow import ETA_SCHEDULES, clip_per_sample, unit_rms_difference
 from vggflow.sampling import subsample_steps
 from vggflow.suites.digits import DigitsSuite
 from vggflow.train import Trainer
@@ -184,7 +184,7 @@ def test_finite_difference_consistency_terms_match_exact_ones_on_digits(make_run
         return batch.guidance.velocity(method.model.base_velocity, y, t)
 
     with torch.no_grad():
-        fd_jg = unit_rms_central_difference(base, x, g, method.settings.fd_eps_base)
+        fd_jg = unit_rms_difference(base, x, g, method.settings.fd_eps_base)
     _, jg = torch.autograd.functional.jvp(base, x, g)  # peft toggles break torch.func here
     errors = {"d_t g + (grad g) w": ((fd_dg - dg).norm() / dg.norm()).item(),
               "J_vbase g": ((fd_jg - jg).norm() / jg.norm()).item()}
@@ -286,14 +286,29 @@ def test_finite_differences_of_g_run_without_tf32(make_run_config, monkeypatch):
     assert after == (True, True)
 
 
-def test_unit_rms_central_difference_by_hand():
+def test_unit_rms_difference_by_hand():
     """f(y) = A y per sample: the difference is A d for any step and any scale of d (a zero
     direction gives 0), up to rounding."""
     a = torch.tensor([[2.0, -1.0], [0.5, 3.0]], dtype=torch.float64)
     x = torch.tensor([[1.0, 2.0], [-1.0, 0.5]], dtype=torch.float64)
     d = torch.tensor([[1e-9, 3e-9], [0.0, 0.0]], dtype=torch.float64)
-    out = unit_rms_central_difference(lambda y: y @ a.T, x, d, 0.1)
+    out = unit_rms_difference(lambda y: y @ a.T, x, d, 0.1)
     torch.testing.assert_close(out, d @ a.T, rtol=1e-9, atol=0)
+    forward = unit_rms_difference(lambda y: y @ a.T, x, d, 0.1, f_at_x=x @ a.T)
+    torch.testing.assert_close(forward, d @ a.T, rtol=1e-6, atol=0)
+
+
+def test_unit_rms_central_and_forward_differences_of_a_quadratic():
+    """f(y) = y^2: the central difference is exact (2 x d), the forward one from f(x) is off by
+    its first-order term, step * rms(d) * u^2 with u = d / rms(d) per sample."""
+    x = torch.tensor([[1.0, -2.0], [0.5, 3.0]], dtype=torch.float64)
+    d = torch.tensor([[0.3, 0.1], [-2.0, 1.0]], dtype=torch.float64)
+    rms = d.pow(2).mean(dim=1, keepdim=True).sqrt()
+    central = unit_rms_difference(torch.square, x, d, 0.1)
+    forward = unit_rms_difference(torch.square, x, d, 0.1, f_at_x=x.square())
+    torch.testing.assert_close(central, 2 * x * d, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(forward, 2 * x * d + 0.1 * rms * (d / rms).square(),
+                               rtol=1e-12, atol=1e-12)
 
 
 def test_transitions_take_the_finetuned_velocity_from_the_rollout(make_run_config, monkeypatch):
@@ -314,3 +329,47 @@ def test_transitions_take_the_finetuned_velocity_from_the_rollout(make_run_confi
     torch.testing.assert_close(batch.cache["v_theta_uncond"], fresh_uncond)
     torch.testing.assert_close(batch.cache["v_theta"],
                                batch.guidance.combine(fresh_cond, fresh_uncond))
+
+
+def test_forward_differences_take_one_reward_pass_and_one_base_evaluation_less(
+        make_run_config, monkeypatch):
+    """``fd_scheme: forward`` differences g and v_base from their values at the transition,
+    which the update computes anyway: one reward-gradient pass and one guided v_base evaluation
+    per residual instead of two each. The residual differs from the central differences' at
+    first order in the steps (digits: the difference halves with them)."""
+    cfg = RunConfig.from_mapping(make_run_config(
+        method={"reward_grad_clip": "none", "consistency": "finite_difference"}))
+    trainer = Trainer(cfg, "/nonexistent-state", threads=1)
+    method = trainer.method
+    generator = torch.Generator().manual_seed(0)
+    batch = method.prepare(trainer.rollout_batch(generator), generator)
+    method._velocities(batch)
+    method._reward_gradient_at_transitions(batch)  # the update's shared values
+    calls = {"reward": 0, "base": 0}
+
+    def counted(key, fn):
+        def wrapper(*args, **kwargs):
+            calls[key] += 1
+            return fn(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(method, "_reward_gradient", counted("reward", method._reward_gradient))
+    monkeypatch.setattr(method.model, "base_velocity",
+                        counted("base", method.model.base_velocity))
+    settings, residuals, counts = method.settings, {}, {}
+    for scheme in ("central", "forward"):
+        for eps in (1e-2, 5e-3):
+            method.settings = dataclasses.replace(settings, fd_scheme=scheme, fd_eps=eps,
+                                                  fd_eps_base=eps)
+            calls.update(reward=0, base=0)
+            residual, _ = method.consistency_residual(batch)
+            residuals[scheme, eps] = residual.detach()
+            counts[scheme] = dict(calls)
+    assert counts["central"]["reward"] == 2 and counts["forward"]["reward"] == 1
+    assert counts["central"]["base"] == 2 * counts["forward"]["base"] > 0
+
+    def gap(eps):
+        central = residuals["central", eps]
+        return ((residuals["forward", eps] - central).norm() / central.norm()).item()
+
+    assert gap(1e-2) < 2e-2 and gap(1e-2) / gap(5e-3) == pytest.approx(2, rel=0.15)

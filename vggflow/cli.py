@@ -350,7 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(results/bench/update_regions_<suite>.csv)")
 
     p = command("closed-form", cmd_closed_form,
-                "train VGG-Flow (exact, finite-difference) and VGG-Flow-PMP on toy2d's closed form")
+                "train VGG-Flow (exact, central and forward differences) and VGG-Flow-PMP on "
+                "toy2d's closed form")
     p.add_argument("--updates", type=int, default=1500)
     p.add_argument("--out", required=True, help="JSON with achieved vs exact values")
     p.add_argument("--figure", required=True, help="PNG of achieved vs exact")

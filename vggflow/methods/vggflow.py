@@ -18,7 +18,12 @@ Paper convention (t = 1 is data). With g_phi ~ grad V and beta = 1 / lambda:
   matching target makes g = (v_base - v) / beta (1e-5 to 1e-8 per latent entry with the paper's
   betas and O(1) controls), so a step eps * g would vanish in the flow model's input rounding;
   h is chosen for the flow model's dtype (bf16 resolves about 4e-3 of an O(1) latent).
-  Gradients reach phi only through the g evaluations;
+  ``fd_scheme: forward`` (the official code's) takes both as forward differences from the
+  transition itself, [g(x + eps w, t + eps) - g(x, t)] / eps and rms(g) [v_base(x + h u) -
+  v_base(x)] / h, whose centre values are computed for the update anyway: one reward-gradient
+  pass and one guided v_base evaluation less per transition, first-order accurate instead of
+  second; the reward gradient at the transitions then runs without TF32 too, as the point it is
+  differenced with. Gradients reach phi only through the g evaluations;
 * boundary (Eq. 13 with Eq. 16, eta_1 = 1): alpha * |nu_phi(x_1, 1)|^2 at the final state;
 * matching (Eq. 14): |v_theta - v_base + beta * stopgrad(g)|^2 on the LoRA.
 
@@ -55,6 +60,7 @@ from vggflow.timegrid import broadcast_time, one_step_prediction
 
 ETA_SCHEDULES = {"quadratic": lambda t: t * t, "linear": lambda t: t}
 CONSISTENCY = ("exact", "finite_difference")
+FD_SCHEMES = ("central", "forward")
 CLIP_MODES = ("quantile", "fixed", "none")
 PREDICTION_VELOCITIES = ("held", "evaluated")
 UPDATE_ORDERS = ("sequential", "joint")
@@ -73,6 +79,7 @@ class VGGFlowSettings(OptimizerSettings):
     consistency: str = "exact"
     fd_eps: float = 1e-3
     fd_eps_base: float = 1e-2
+    fd_scheme: str = "central"
     prediction_velocity: str = "held"
     reward_grad_clip: str = "quantile"
     reward_grad_quantile: float = 0.8
@@ -85,6 +92,7 @@ class VGGFlowSettings(OptimizerSettings):
         require(self.beta > 0, f"{where}.beta", "must be positive")
         require(self.alpha >= 0, f"{where}.alpha", "must be >= 0")
         for key, allowed in (("eta", ETA_SCHEDULES), ("consistency", CONSISTENCY),
+                             ("fd_scheme", FD_SCHEMES),
                              ("prediction_velocity", PREDICTION_VELOCITIES),
                              ("reward_grad_clip", CLIP_MODES), ("update_order", UPDATE_ORDERS)):
             value = getattr(self, key)
@@ -131,14 +139,17 @@ def full_fp32_precision() -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
 
 
-def unit_rms_central_difference(f: Callable[[Tensor], Tensor], x: Tensor, direction: Tensor,
-                                step: float) -> Tensor:
-    """J_f(x) direction per sample (first dimension) by a central difference of step ``step``
-    along the direction rescaled to unit root-mean-square, so that the perturbation has the same
-    size in the dtype f runs in whatever the direction's scale; 0 for a zero direction."""
+def unit_rms_difference(f: Callable[[Tensor], Tensor], x: Tensor, direction: Tensor,
+                        step: float, f_at_x: Tensor | None = None) -> Tensor:
+    """J_f(x) direction per sample (first dimension) by a difference of step ``step`` along the
+    direction rescaled to unit root-mean-square, so that the perturbation has the same size in
+    the dtype f runs in whatever the direction's scale; 0 for a zero direction. Central, or
+    forward from ``f_at_x`` = f(x) where it is given."""
     shape = (-1, *([1] * (x.ndim - 1)))
     rms = direction.flatten(1).pow(2).mean(dim=1).sqrt().reshape(shape)
     unit = direction / rms.clamp_min(torch.finfo(direction.dtype).tiny)
+    if f_at_x is not None:
+        return rms * (f(x + step * unit) - f_at_x) / step
     return rms * (f(x + step * unit) - f(x - step * unit)) / (2 * step)
 
 
@@ -246,12 +257,21 @@ class VGGFlow(MethodBase):
             return torch.cat([grad(reward_of_samples)(x1_hat[i:i + size], prompts[i:i + size])
                               for i in range(0, len(x1_hat), size)])
 
+    @property
+    def _forward_differences(self) -> bool:
+        return (self.settings.consistency == "finite_difference"
+                and self.settings.fd_scheme == "forward")
+
     def _reward_gradient_at_transitions(self, batch: Transitions) -> Tensor:
-        """Unclipped grad r(x1_hat) at the transitions themselves (cached for the update)."""
+        """Unclipped grad r(x1_hat) at the transitions themselves (cached for the update); without
+        TF32 for forward differences, whose other point is computed so."""
         if "reward_grad" not in batch.cache:
             v_theta, _ = self._velocities(batch)
-            batch.cache["reward_grad"] = self._reward_gradient(batch.x, batch.t, v_theta,
-                                                               batch.prompts)
+            precision = (full_fp32_precision() if self._forward_differences
+                         else contextlib.nullcontext())
+            with precision:
+                batch.cache["reward_grad"] = self._reward_gradient(batch.x, batch.t, v_theta,
+                                                                   batch.prompts)
         return batch.cache["reward_grad"]
 
     def _set_first_threshold(self, batch: Transitions) -> None:
@@ -330,9 +350,15 @@ class VGGFlow(MethodBase):
         x, t = batch.x, batch.t
         v_theta, v_base = self._velocities(batch)
         g_fn = self.value_gradient_fn(v_theta, batch.guidance, batch.prompts)
-        with torch.no_grad():
-            g0 = self._value_gradient(x, t, self._reward_gradient_at_transitions(batch),
-                                      batch.guidance.cond)
+        reward_grad = self._reward_gradient_at_transitions(batch)
+        forward = self._forward_differences
+        if forward:  # g at the transition is the differences' centre: phi's gradient, no TF32
+            with region("vggflow/g_derivative"), full_fp32_precision():
+                g_at_x = self._value_gradient(x, t, reward_grad, batch.guidance.cond)
+        else:
+            with torch.no_grad():
+                g_at_x = self._value_gradient(x, t, reward_grad, batch.guidance.cond)
+        g0 = g_at_x.detach()
         direction = v_base - beta * g0
         if self.settings.consistency == "exact":
             with region("vggflow/g_derivative"):
@@ -344,12 +370,15 @@ class VGGFlow(MethodBase):
             return dg + jg, g
         eps = self.settings.fd_eps
         with region("vggflow/g_derivative"), full_fp32_precision():
-            dg = (g_fn(x + eps * direction, t + eps)
-                  - g_fn(x - eps * direction, t - eps)) / (2 * eps)
+            ahead = g_fn(x + eps * direction, t + eps)
+            if forward:
+                dg = (ahead - g_at_x) / eps
+            else:
+                dg = (ahead - g_fn(x - eps * direction, t - eps)) / (2 * eps)
         with region("vggflow/base_jacobian"), torch.no_grad():
-            jg = unit_rms_central_difference(
+            jg = unit_rms_difference(
                 lambda y: batch.guidance.velocity(self.model.base_velocity, y, t), x, g0,
-                self.settings.fd_eps_base)
+                self.settings.fd_eps_base, v_base if forward else None)
         return dg + jg, g0
 
     def value_loss(self, batch: Transitions) -> dict[str, Tensor]:

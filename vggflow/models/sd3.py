@@ -49,7 +49,7 @@ DEFAULT_SETTINGS = {
     "gradient_checkpointing": False,
     "checkpoint_adjoint": True,    # with it: also in the adjoint ODE's one-step VJPs
     "lora_compute_dtype": "model",  # "model": LoRA products in the transformer's dtype; "float32"
-    "attention": "diffusers",      # joint attention: "diffusers" or "packed" (sd3_attention.py)
+    "attention": "packed",         # joint attention: "packed" (sd3_attention.py) or "diffusers"
     "compile": "none",             # "blocks": torch.compile each transformer block
 }
 SETTING_CHOICES = {  # the allowed values of the settings that name a choice
