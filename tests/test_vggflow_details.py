@@ -373,3 +373,35 @@ def test_forward_differences_take_one_reward_pass_and_one_base_evaluation_less(
         return ((residuals["forward", eps] - central).norm() / central.norm()).item()
 
     assert gap(1e-2) < 2e-2 and gap(1e-2) / gap(5e-3) == pytest.approx(2, rel=0.15)
+
+
+@pytest.mark.parametrize("prediction_velocity, centre_evaluations", [("held", 0),
+                                                                     ("evaluated", 1)])
+def test_forward_differences_take_the_centre_as_the_shifted_point(
+        make_run_config, monkeypatch, prediction_velocity, centre_evaluations):
+    """With ``prediction_velocity: evaluated`` the forward differences' centre is g with the
+    finetuned velocity re-evaluated at the transition, as at the shifted point (both in full
+    fp32; the rollout's velocity may carry TF32 rounding, which a 1e-3 step would magnify);
+    ``held`` takes it from the update's shared values, with no evaluation."""
+    cfg = RunConfig.from_mapping(make_run_config(method={
+        "reward_grad_clip": "none", "consistency": "finite_difference", "fd_scheme": "forward",
+        "prediction_velocity": prediction_velocity}))
+    trainer = Trainer(cfg, "/nonexistent-state", threads=1)
+    method = trainer.method
+    generator = torch.Generator().manual_seed(0)
+    batch = method.prepare(trainer.rollout_batch(generator), generator)
+    method._velocities(batch)
+    method._reward_gradient_at_transitions(batch)
+    points = []
+    velocity = method.model.velocity
+
+    def recorded(x, t, *args, **kwargs):
+        points.append(x.detach().clone())
+        return velocity(x, t, *args, **kwargs)
+
+    monkeypatch.setattr(method.model, "velocity", recorded)
+    method.consistency_residual(batch)
+    n = len(batch.x)  # a guided evaluation runs both branches in one call of 2n samples
+    at_transition = [p for p in points if torch.equal(p[:n], batch.x)]
+    assert [len(p) for p in points] == [2 * n] * 2 * centre_evaluations
+    assert len(at_transition) == centre_evaluations  # the other one is the shifted point

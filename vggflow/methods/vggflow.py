@@ -23,7 +23,9 @@ Paper convention (t = 1 is data). With g_phi ~ grad V and beta = 1 / lambda:
   v_base(x)] / h, whose centre values are computed for the update anyway: one reward-gradient
   pass and one guided v_base evaluation less per transition, first-order accurate instead of
   second; the reward gradient at the transitions then runs without TF32 too, as the point it is
-  differenced with. Gradients reach phi only through the g evaluations;
+  differenced with (``evaluated``: g at the transition is evaluated as at the shifted point,
+  with the velocity taken there in full fp32). Gradients reach phi only through the g
+  evaluations;
 * boundary (Eq. 13 with Eq. 16, eta_1 = 1): alpha * |nu_phi(x_1, 1)|^2 at the final state;
 * matching (Eq. 14): |v_theta - v_base + beta * stopgrad(g)|^2 on the LoRA.
 
@@ -354,7 +356,10 @@ class VGGFlow(MethodBase):
         forward = self._forward_differences
         if forward:  # g at the transition is the differences' centre: phi's gradient, no TF32
             with region("vggflow/g_derivative"), full_fp32_precision():
-                g_at_x = self._value_gradient(x, t, reward_grad, batch.guidance.cond)
+                if self.settings.prediction_velocity == "evaluated":  # as at the other point
+                    g_at_x = g_fn(x, t)
+                else:
+                    g_at_x = self._value_gradient(x, t, reward_grad, batch.guidance.cond)
         else:
             with torch.no_grad():
                 g_at_x = self._value_gradient(x, t, reward_grad, batch.guidance.cond)
