@@ -127,6 +127,14 @@ def test_reward_gradient_chunk_must_be_positive(make_run_config):
         Trainer(cfg, "/nonexistent-state", threads=1)
 
 
+def test_forward_differences_are_refused_with_the_exact_consistency(make_run_config):
+    """``fd_scheme: forward`` would have no effect with ``consistency: exact``: refused by name."""
+    cfg = RunConfig.from_mapping(make_run_config(method={"consistency": "exact",
+                                                         "fd_scheme": "forward"}))
+    with pytest.raises(ConfigError, match="fd_scheme.*finite_difference only"):
+        Trainer(cfg, "/nonexistent-state", threads=1)
+
+
 def test_joint_update_steps_both_networks_at_once(make_run_config, tmp_path):
     cfg = RunConfig.from_mapping(make_run_config(method={"update_order": "joint"},
                                                  train={"max_steps": 2}))
