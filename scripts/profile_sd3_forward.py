@@ -29,7 +29,7 @@ import torch
 from vggflow.bench import flop_counter, matmul_throughput, synchronize
 from vggflow.config import RunConfig, load_yaml
 from vggflow.models.sd3 import compile_transformer_blocks, compute_lora_in_input_dtype
-from vggflow.models.sd3_attention import use_packed_joint_attention
+from vggflow.models.sd3_attention import joint_attention_layers, use_packed_joint_attention
 from vggflow.sampling import Guidance
 from vggflow.train import build_suite
 
@@ -52,8 +52,7 @@ def timed(fn, device: str, repeats: int) -> tuple[float, float]:
 
 def joint_attention_processor(transformer: torch.nn.Module) -> str:
     """The class name of the first joint-attention layer's processor."""
-    return next(type(m.processor).__name__ for m in transformer.modules()
-                if getattr(m, "add_q_proj", None) is not None)
+    return type(joint_attention_layers(transformer)[0].processor).__name__
 
 
 def counted_flops(fn) -> int:

@@ -115,7 +115,7 @@ def measure(trainer: Trainer, samples: int = 4096, fine_steps: int = 400) -> dic
 
     name = trainer.cfg.method["name"]
     detail = trainer.cfg.method.get("consistency", f"{trainer.cfg.sampler.num_steps} steps")
-    if trainer.cfg.method.get("fd_scheme", "central") != "central" and detail != "exact":
+    if trainer.cfg.method.get("fd_scheme", "central") != "central":  # finite differences only
         detail = f"{detail}, {trainer.cfg.method['fd_scheme']}"
     return {
         "method": name,

@@ -58,13 +58,18 @@ class PackedJointAttnProcessor:
         return image, text
 
 
+def joint_attention_layers(transformer: nn.Module) -> list[nn.Module]:
+    """The attention layers of an SD3 transformer that attend to text tokens too."""
+    from diffusers.models.attention_processor import Attention
+
+    return [m for m in transformer.modules()
+            if isinstance(m, Attention) and getattr(m, "add_q_proj", None) is not None]
+
+
 def use_packed_joint_attention(transformer: nn.Module) -> int:
     """Give every joint-attention layer of an SD3 transformer :class:`PackedJointAttnProcessor`;
     returns how many layers."""
-    from diffusers.models.attention_processor import Attention
-
-    layers = [m for m in transformer.modules()
-              if isinstance(m, Attention) and getattr(m, "add_q_proj", None) is not None]
+    layers = joint_attention_layers(transformer)
     processor = PackedJointAttnProcessor()
     for layer in layers:
         layer.set_processor(processor)
