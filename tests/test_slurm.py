@@ -88,6 +88,33 @@ def test_a_partition_that_does_not_exist_fails_with_sbatchs_error(slurm_workdir)
     assert "invalid partition" in (result.stdout + result.stderr).lower()
 
 
+# Seconds of training the cut job needs on this host: more than one attempt gets (SLURM enforces
+# the 1-minute limit lazily: attempts end every 120-150 s, with 40-100 s of training each), little
+# enough that nine attempts finish it even if the job runs at half the calibrated speed.
+CUT_JOB_TRAINING_S = 180
+
+
+def updates_for_seconds(workdir: Path, tmp_path: Path, seconds: float) -> int:
+    """How many digits ReFL updates (a multiple of 1000, at least 3000) take ``seconds`` of
+    training on this host: 500 updates of the fixture's resolved run, timed by its training log
+    (update time only, as the trainer counts it). A fixed count does not fit every host: 12000
+    updates took 150-250 s on one CI machine and did not finish in nine one-minute attempts
+    on another."""
+    config = yaml.safe_load((workdir / "results/runs/margin/refl/seed0/config.yaml").read_text())
+    config["train"].update(max_steps=500, eval_every=500, checkpoint_every=500, log_every=500)
+    calibration = tmp_path / "calibration"
+    calibration.mkdir()
+    (calibration / "config.yaml").write_text(yaml.safe_dump(config))
+    command = [sys.executable, "-m", "vggflow", "train", "--config",
+               str(calibration / "config.yaml"), "--threads", "1", *(
+                   f"--{name}={calibration / name}" for name in (
+                       "state-dir", "lora-dir", "log-csv", "samples"))]
+    timed = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=workdir)
+    assert timed.returncode == 0, timed.stderr[-4000:]
+    seconds_per_update = pd.read_csv(calibration / "log-csv")["elapsed_s"].iloc[-1] / 500
+    return max(3000, 1000 * round(seconds / seconds_per_update / 1000))
+
+
 def test_a_job_cut_by_its_time_limit_is_retried_and_resumes_to_the_same_result(slurm_workdir,
                                                                               tmp_path):
     """One training job with more work than its one-minute SLURM limit: SLURM ends it (SIGTERM:
@@ -95,19 +122,20 @@ def test_a_job_cut_by_its_time_limit_is_retried_and_resumes_to_the_same_result(s
     run trained straight through here."""
     from safetensors.torch import load_file
 
-    # 12000 updates, 150-250 s: more than SLURM lets one attempt run (it enforces the 1-minute
-    # limit lazily; a 6000-update job once finished in 78 s), so at least two attempts are cut
+    updates = updates_for_seconds(slurm_workdir, tmp_path, CUT_JOB_TRAINING_S)
     long_run = tmp_path / "long_run.yaml"
     long_run.write_text(yaml.safe_dump({"train": {
-        "max_steps": 12000, "eval_every": 12000, "checkpoint_every": 1000, "log_every": 1000}}))
+        "max_steps": updates, "eval_every": updates, "checkpoint_every": 1000,
+        "log_every": 1000}}))
     run = Path("results/runs/margin/refl/seed7")
     result = run_on_slurm(slurm_workdir, str(run / "train_log.csv"), options=(
         "--configfile", str(REPO / ".test/config/config.yaml"), str(long_run),
         # no early warning signal (slurm_extra), and a limit shorter than the work; more retries
-        # than the profile's 2: each attempt progresses 40-70 s after its start-up
+        # than the profile's 2, so that a job slower than calibrated still finishes
         "--set-resources", "train:gpu=1", "train:mem_mb=1500", "train:cpus_per_task=1",
         "train:runtime=1", "--retries", "8"), limit=1800)
-    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-6000:]
+    assert result.returncode == 0, (f"{updates} updates (calibrated to {CUT_JOB_TRAINING_S} s)\n"
+                                    + result.stdout[-6000:] + result.stderr[-6000:])
     job_logs = list((slurm_workdir / ".snakemake/slurm_logs/rule_train/margin_refl_7").glob(
         "*.log"))  # one log per SLURM job, named by its id
     assert len(job_logs) >= 2, f"the job was not cut by its time limit: {job_logs}"
@@ -123,7 +151,7 @@ def test_a_job_cut_by_its_time_limit_is_retried_and_resumes_to_the_same_result(s
     uninterrupted = subprocess.run(command, capture_output=True, text=True, timeout=1200,
                                    cwd=slurm_workdir)
     assert uninterrupted.returncode == 0, uninterrupted.stderr[-4000:]
-    weights = [load_file(root / "lora/step12000/adapter_model.safetensors")
+    weights = [load_file(root / f"lora/step{updates}/adapter_model.safetensors")
                for root in (straight, slurm_workdir / run)]
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
