@@ -19,9 +19,11 @@ import argparse
 from pathlib import Path
 
 from vggflow.config import (
+    ConfigError,
     deep_merge,
     fill_defaults,
     load_yaml,
+    method_file_schema,
     resolve_run_config,
     validate,
     write_yaml_atomic,
@@ -41,7 +43,9 @@ OVERLAYS = {
 
 def resolve_variant(config: dict, variant: str) -> dict:
     """The run config of ``<method>`` with the overlays its suffixes name (``_<overlay>``, any
-    number, e.g. ``vggflow_packed_compiled``) for the config's first reward."""
+    number, e.g. ``vggflow_packed_compiled``) for the config's first reward. A method setting
+    that the method does not have (``adjoint_matching_forward_fd``) is refused here, by the
+    method schema, rather than when the benchmark builds the method."""
     method, overlay = variant, {}
     while suffix := next((s for s in OVERLAYS if method.endswith(f"_{s}")), None):
         method = method.removesuffix(f"_{suffix}")
@@ -51,7 +55,14 @@ def resolve_variant(config: dict, variant: str) -> dict:
         raise SystemExit(f"unknown variant {variant!r}: no method file {method_file}; variants "
                          f"are <method> followed by any of _{', _'.join(OVERLAYS)}")
     method_settings = overlay.pop("method", {})
-    return resolve_run_config(deep_merge(config, overlay), load_yaml(method_file),
+    method_config = load_yaml(method_file)
+    method_schemas = load_yaml(REPO / "workflow" / "schemas" / "method.schema.yaml")
+    try:
+        validate({**method_config, **method_settings}, method_file_schema(method_schemas, method),
+                 f"variant {variant!r} ({method_file.name} with the suffixes' method settings)")
+    except ConfigError as error:
+        raise SystemExit(str(error)) from None
+    return resolve_run_config(deep_merge(config, overlay), method_config,
                               config["rewards"][0], method, 0, overrides=method_settings)
 
 
@@ -65,9 +76,10 @@ def main() -> None:
     raw = load_yaml(args.config)
     validate(raw, schema, args.config)
     config = fill_defaults(raw, schema)
-    for variant in args.variants:
+    resolved = {variant: resolve_variant(config, variant) for variant in args.variants}
+    for variant, run_config in resolved.items():  # all resolved first: none written if one fails
         path = Path(args.out_dir) / f"{variant}.yaml"
-        write_yaml_atomic(resolve_variant(config, variant), path)
+        write_yaml_atomic(run_config, path)
         print(f"{variant} -> {path}")
 
 

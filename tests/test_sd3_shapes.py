@@ -131,7 +131,8 @@ def test_activation_memory_count_grows_with_samples_and_tokens_not_weights(tmp_p
 def test_bench_variants_apply_their_overlays_to_the_config_and_the_method(tmp_path):
     """scripts/bench_variants.py: each suffix overlays its block (``_diffusers_attention``: the
     model's, ``_forward_fd``: the method's settings, which the experiment config cannot hold);
-    the plain variant keeps the defaults; an unknown one is refused by name."""
+    the plain variant keeps the defaults; an unknown one, and a method setting the method does
+    not have, are refused by name."""
     import subprocess
     import sys
     from pathlib import Path
@@ -148,3 +149,8 @@ def test_bench_variants_apply_their_overlays_to_the_config_and_the_method(tmp_pa
     unknown = subprocess.run([sys.executable, script, "--out-dir", str(tmp_path), "vggflow_bogus"],
                              capture_output=True, text=True, timeout=120)
     assert unknown.returncode != 0 and "unknown variant 'vggflow_bogus'" in unknown.stderr
+    foreign = subprocess.run([sys.executable, script, "--out-dir", str(tmp_path),
+                              "adjoint_matching_forward_fd"], capture_output=True, text=True,
+                             timeout=120)
+    assert foreign.returncode != 0 and "unknown key(s) 'fd_scheme'" in foreign.stderr
+    assert not (tmp_path / "adjoint_matching_forward_fd.yaml").exists()
