@@ -2,6 +2,7 @@
 
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -101,20 +102,45 @@ def test_a_stop_signal_saves_state_and_the_rerun_finishes(make_run_config, tmp_p
     assert rows["step"].tolist() == list(range(1, state["step"] + 4))
 
 
-def test_cli_publishes_outputs_and_removes_the_state(make_run_config, tmp_path):
+def test_cli_publishes_outputs_and_a_retry_publishes_them_again(make_run_config, tmp_path):
+    """A finished run keeps only hard links to its outputs in its state folder. A retry of the
+    job (--attempt 2), after Snakemake deleted the outputs of a job reported failed, puts the
+    same files back without training; a new job (attempt 1) trains from scratch."""
     from conftest import run_cli
 
     from vggflow.config import write_yaml_atomic as write
 
     write(make_run_config(method_name="refl", train={"max_steps": 2}), tmp_path / "c.yaml")
-    outputs = ["--lora-dir", str(tmp_path / "lora"), "--log-csv", str(tmp_path / "log.csv"),
-               "--samples", str(tmp_path / "samples.pt"), "--provenance", str(tmp_path / "p.json")]
-    result = run_cli("train", "--config", str(tmp_path / "c.yaml"), "--state-dir",
-                     str(tmp_path / "state"), "--threads", "1", *outputs)
+    outputs = {"lora": tmp_path / "lora", "log_csv": tmp_path / "log.csv",
+               "samples": tmp_path / "samples.pt", "provenance": tmp_path / "p.json"}
+    command = ["train", "--config", str(tmp_path / "c.yaml"), "--state-dir",
+               str(tmp_path / "state"), "--threads", "1", "--lora-dir", str(outputs["lora"]),
+               "--log-csv", str(outputs["log_csv"]), "--samples", str(outputs["samples"]),
+               "--provenance", str(outputs["provenance"])]
+    result = run_cli(*command)
     assert result.returncode == 0, result.stderr
-    assert not (tmp_path / "state").exists()
-    assert (tmp_path / "p.json").exists() and (tmp_path / "lora" / "step2").is_dir()
-    assert len(pd.read_csv(tmp_path / "log.csv")) == 2
+    assert [p.name for p in (tmp_path / "state").iterdir()] == ["published"]
+    kept = tmp_path / "state" / "published"
+    assert sorted(p.name for p in kept.iterdir()) == sorted(outputs)
+    assert (kept / "samples").stat().st_ino == outputs["samples"].stat().st_ino  # a link
+    assert (outputs["lora"] / "step2").is_dir()
+    assert len(pd.read_csv(outputs["log_csv"])) == 2
+    published = {path.relative_to(tmp_path): path.read_bytes()
+                 for path in tmp_path.rglob("*") if path.is_file() and "state" not in path.parts}
+
+    for path in outputs.values():  # what Snakemake does to the outputs of a failed job
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    retry = run_cli(*command, "--attempt", "2")
+    assert retry.returncode == 0, retry.stderr
+    assert "published again" in retry.stdout and "done:" not in retry.stdout
+    again = {path.relative_to(tmp_path): path.read_bytes()
+             for path in tmp_path.rglob("*") if path.is_file() and "state" not in path.parts}
+    assert again == published
+
+    new_job = run_cli(*command)  # attempt 1, e.g. --forcerun
+    assert new_job.returncode == 0, new_job.stderr
+    assert "trains from scratch" in new_job.stdout and "done: 2 updates" in new_job.stdout
+    assert [p.name for p in (tmp_path / "state").iterdir()] == ["published"]
 
 
 @pytest.mark.parametrize("record", [False, True])

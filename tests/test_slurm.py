@@ -141,7 +141,9 @@ def test_a_job_cut_by_its_time_limit_is_retried_and_resumes_to_the_same_result(s
     assert len(job_logs) >= 2, f"the job was not cut by its time limit: {job_logs}"
     assert any("DUE TO TIME LIMIT" in log.read_text() for log in job_logs)
     train_log = (slurm_workdir / "logs/train/margin/refl/seed7.log").read_text()
-    assert "resumed from" in train_log  # the last attempt continued from a saved state
+    # the last attempt continued from a saved state, or (when SLURM reported TIMEOUT for an
+    # attempt that had finished) published that attempt's kept outputs again
+    assert "resumed from" in train_log or "published again" in train_log
 
     straight = tmp_path / "straight"
     command = [sys.executable, "-m", "vggflow", "train", "--config",

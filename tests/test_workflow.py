@@ -244,6 +244,15 @@ def test_sd3_scale_bench_makes_its_random_weights_first(tmp_path):
             in result.stdout)
 
 
+def test_the_train_rule_passes_snakemakes_attempt_to_the_trainer():
+    """`--attempt` tells the trainer whether a job is a retry (which publishes a finished run's
+    kept outputs again) or a new job (which trains from scratch)."""
+    result = snakemake("-n", "-p", "--directory", ".test", "--forcerun", "train", "--cores", "1")
+    assert result.returncode == 0, result.stderr[-2000:]
+    commands = [line for line in result.stdout.splitlines() if "-m vggflow train --config" in line]
+    assert commands and all(" --attempt 1 " in line for line in commands)
+
+
 def test_single_seed_reruns_plan_only_what_they_name(tmp_path):
     """The README's re-run commands, checked by their dry-run job lists on the finished .test run
     (run after test_tiny_workflow_runs_end_to_end)."""

@@ -134,8 +134,28 @@ def cmd_sample(args) -> None:
 
 def cmd_train(args) -> int:
     from vggflow.config import RunConfig
-    from vggflow.train import INTERRUPTED_EXIT_CODE, Interrupted, Outputs, Trainer, write_provenance
+    from vggflow.distributed import rank_from_environment
+    from vggflow.train import (
+        INTERRUPTED_EXIT_CODE,
+        PUBLISHED_DIR,
+        Interrupted,
+        Outputs,
+        Trainer,
+        has_published,
+        keep_published,
+        republish,
+        write_provenance,
+    )
 
+    published = {"lora": Path(args.lora_dir), "log_csv": Path(args.log_csv),
+                 "samples": Path(args.samples),
+                 **({"provenance": Path(args.provenance)} if args.provenance else {})}
+    if args.attempt > 1 and has_published(args.state_dir, published):
+        if rank_from_environment() == 0:
+            republish(args.state_dir, published)
+        print(f"attempt {args.attempt}: this run had finished; its outputs are published again "
+              f"from {Path(args.state_dir) / PUBLISHED_DIR} (no training)", flush=True)
+        return 0
     cfg = RunConfig.load(args.config)
     trainer = Trainer(cfg, args.state_dir, threads=args.threads)
     print(f"train {cfg.method['name']} on {cfg.suite}/{cfg.reward}, seed {cfg.seed}, "
@@ -159,7 +179,7 @@ def cmd_train(args) -> int:
     trainer.publish(outputs, diverged=bool(diverged))
     if args.provenance:
         write_provenance(cfg, trainer.device, args.provenance, **diverged)
-    trainer.clear_state()
+    keep_published(args.state_dir, published)
     print(f"done: {trainer.step} updates in {trainer.elapsed:.1f} s of training", flush=True)
     return 0
 
@@ -333,6 +353,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--provenance", help="output: provenance JSON")
     p.add_argument("--stop-after", type=int, default=None,
                    help="save the state and exit after this many updates (exit code 130)")
+    p.add_argument("--attempt", type=int, default=1,
+                   help="Snakemake's attempt number of this job: from 2 on, a run that had "
+                        "finished (its job reported failed after publishing, e.g. SLURM's TIMEOUT "
+                        "at the time limit) publishes its kept outputs again instead of training; "
+                        "attempt 1 (a new job) trains from scratch")
     p.add_argument("--record-divergence", action="store_true",
                    help="on a non-finite loss, publish the evaluations made so far and exit 0 "
                         "(sweeps, where divergence is a result); default: fail")

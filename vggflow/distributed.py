@@ -103,6 +103,11 @@ def world_size_from_environment() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def rank_from_environment() -> int:
+    """This process's rank among the launched ones (0 when launched alone)."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def local_device(device: str) -> str:
     """``cuda:<LOCAL_RANK>`` for data-parallel GPU runs, else ``device``."""
     if device == "cuda" and world_size_from_environment() > 1:

@@ -2,9 +2,11 @@
 
 Everything a run writes lives under its state folder while it runs (full state, CSV log, LoRA
 exports, evaluation samples); the run resumes from there automatically and copies the declared
-outputs into place, atomically, only when it has finished (``python -m vggflow train`` then
-removes the state folder, so a forced rerun starts from scratch). SIGINT / SIGTERM finish the
-current update, save the state and exit, so a killed run continues where it stopped.
+outputs into place, atomically, only when it has finished. ``python -m vggflow train`` then
+replaces the state folder by hard links to the outputs (``published/``): a retry of the same job
+(``--attempt`` 2 or more) publishes them again without training, a new job (attempt 1, e.g. a
+forced rerun) trains from scratch. SIGINT / SIGTERM finish the current update, save the state and
+exit, so a killed run continues where it stopped.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import shutil
 import signal
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -32,7 +35,13 @@ from vggflow.methods.base import Method, WeightedChunks
 from vggflow.regions import region
 from vggflow.sampling import Guidance, images_for_storage, sample_images
 from vggflow.suites import SUITES, Suite, load_builtin_suites
-from vggflow.utils.io import atomic_path, copy_file_atomic, copy_tree_atomic, torch_save_atomic
+from vggflow.utils.io import (
+    atomic_path,
+    copy_file_atomic,
+    copy_tree_atomic,
+    link_atomic,
+    torch_save_atomic,
+)
 from vggflow.utils.seeding import (
     capture_rng_state,
     configure_torch,
@@ -42,6 +51,7 @@ from vggflow.utils.seeding import (
 
 STATE_FILE = "state.pt"
 LOG_FILE = "train_log.csv"
+PUBLISHED_DIR = "published"
 INTERRUPTED_EXIT_CODE = 130
 
 
@@ -56,6 +66,35 @@ class Outputs:
     lora_dir: Path
     log_csv: Path
     samples: Path
+
+
+def keep_published(state_dir: str | Path, outputs: dict[str, Path]) -> None:
+    """After a run published ``outputs`` (name -> path): keep them as hard links in
+    ``<state_dir>/published`` and remove the rest of the state folder.
+
+    A job can be reported failed after it published: SLURM reports TIMEOUT for one that ends at
+    its time limit, and Snakemake then deletes its outputs and retries it. The retry publishes
+    them again from here (:func:`republish`) instead of training from scratch.
+    """
+    state_dir = Path(state_dir)
+    with atomic_path(state_dir / PUBLISHED_DIR) as kept:
+        kept.mkdir()
+        for name, path in outputs.items():
+            link_atomic(path, kept / name)
+    for entry in state_dir.iterdir():
+        if entry.name != PUBLISHED_DIR:
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+
+
+def has_published(state_dir: str | Path, names: Iterable[str]) -> bool:
+    """Whether ``state_dir`` keeps every one of the named outputs (:func:`keep_published`)."""
+    return all((Path(state_dir) / PUBLISHED_DIR / name).exists() for name in names)
+
+
+def republish(state_dir: str | Path, outputs: dict[str, Path]) -> None:
+    """Put the outputs kept by :func:`keep_published` in place again (hard links, atomic)."""
+    for name, path in outputs.items():
+        link_atomic(Path(state_dir) / PUBLISHED_DIR / name, path)
 
 
 def resolve_device(name: str) -> str:
@@ -191,8 +230,12 @@ class Trainer:
         path = self.state_dir / STATE_FILE
         if not path.exists():
             # leftovers of an attempt stopped before its first save (log rows, samples) would
-            # be duplicated or stale: start from an empty folder
+            # be duplicated or stale, and a finished run's kept outputs are not wanted by a new
+            # job (see keep_published): start from an empty folder
             if self.is_main:
+                if (self.state_dir / PUBLISHED_DIR).exists():
+                    print(f"{self.state_dir} holds a finished run's outputs; a new job (not a "
+                          "retry) trains from scratch", flush=True)
                 shutil.rmtree(self.state_dir, ignore_errors=True)
             return False
         try:
@@ -412,10 +455,6 @@ class Trainer:
             images[index] = step_images
         torch_save_atomic({"steps": steps, "prompts": self.suite.eval_prompts(), "images": images},
                           outputs.samples)
-
-    def clear_state(self) -> None:
-        """Remove the state folder of a published run, so a forced rerun trains from scratch."""
-        shutil.rmtree(self.state_dir, ignore_errors=True)
 
 
 def write_provenance(cfg: RunConfig, device: str, path: str | Path, **extra) -> None:

@@ -60,3 +60,20 @@ def copy_tree_atomic(src: str | os.PathLike, dst: str | os.PathLike) -> None:
 def copy_file_atomic(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     with atomic_path(dst) as tmp:
         shutil.copyfile(src, tmp)
+
+
+def _link_or_copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """A hard link (no second copy on disk), or a copy where the filesystem refuses one."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def link_atomic(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Put the file or folder tree ``src`` at ``dst`` atomically, its files as hard links."""
+    with atomic_path(dst) as tmp:
+        if Path(src).is_dir():
+            shutil.copytree(src, tmp, copy_function=_link_or_copy)
+        else:
+            _link_or_copy(src, tmp)

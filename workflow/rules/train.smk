@@ -54,6 +54,8 @@ rule train:
     threads: 1
     resources:
         gpu=CONFIG["gpus_per_run"],
+        # a retry (attempt 2+) of a job that had finished publishes its kept outputs again
+        attempt=lambda wildcards, attempt: attempt,
     params:
         # Resumable state: NOT an output, so it survives a failed or killed attempt.
         state="results/runs/{reward}/{method}/seed{seed}/state",
@@ -63,7 +65,7 @@ rule train:
         "{params.launcher} -m vggflow train --config {input.cfg} --state-dir {params.state}"
         " --lora-dir {output.lora} --log-csv {output.log_csv} --samples {output.samples}"
         " --provenance {output.provenance} --threads {threads} {params.divergence}"
-        " > {log} 2>&1"
+        " --attempt {resources.attempt} > {log} 2>&1"
 
 
 rule sample_base:
