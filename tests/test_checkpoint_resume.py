@@ -111,10 +111,10 @@ def test_cli_publishes_outputs_and_a_retry_publishes_them_again(make_run_config,
     from vggflow.config import write_yaml_atomic as write
 
     write(make_run_config(method_name="refl", train={"max_steps": 2}), tmp_path / "c.yaml")
-    outputs = {"lora": tmp_path / "lora", "log_csv": tmp_path / "log.csv",
+    outputs = {"lora_dir": tmp_path / "lora", "log_csv": tmp_path / "log.csv",
                "samples": tmp_path / "samples.pt", "provenance": tmp_path / "p.json"}
     command = ["train", "--config", str(tmp_path / "c.yaml"), "--state-dir",
-               str(tmp_path / "state"), "--threads", "1", "--lora-dir", str(outputs["lora"]),
+               str(tmp_path / "state"), "--threads", "1", "--lora-dir", str(outputs["lora_dir"]),
                "--log-csv", str(outputs["log_csv"]), "--samples", str(outputs["samples"]),
                "--provenance", str(outputs["provenance"])]
     result = run_cli(*command)
@@ -123,19 +123,21 @@ def test_cli_publishes_outputs_and_a_retry_publishes_them_again(make_run_config,
     kept = tmp_path / "state" / "published"
     assert sorted(p.name for p in kept.iterdir()) == sorted(outputs)
     assert (kept / "samples").stat().st_ino == outputs["samples"].stat().st_ino  # a link
-    assert (outputs["lora"] / "step2").is_dir()
+    assert (outputs["lora_dir"] / "step2").is_dir()
     assert len(pd.read_csv(outputs["log_csv"])) == 2
-    published = {path.relative_to(tmp_path): path.read_bytes()
-                 for path in tmp_path.rglob("*") if path.is_file() and "state" not in path.parts}
+
+    def published_bytes() -> dict:
+        return {path.relative_to(tmp_path): path.read_bytes() for path in tmp_path.rglob("*")
+                if path.is_file() and "state" not in path.parts}
+
+    published = published_bytes()
 
     for path in outputs.values():  # what Snakemake does to the outputs of a failed job
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     retry = run_cli(*command, "--attempt", "2")
     assert retry.returncode == 0, retry.stderr
     assert "published again" in retry.stdout and "done:" not in retry.stdout
-    again = {path.relative_to(tmp_path): path.read_bytes()
-             for path in tmp_path.rglob("*") if path.is_file() and "state" not in path.parts}
-    assert again == published
+    assert published_bytes() == published
 
     new_job = run_cli(*command)  # attempt 1, e.g. --forcerun
     assert new_job.returncode == 0, new_job.stderr

@@ -147,8 +147,8 @@ def cmd_train(args) -> int:
         write_provenance,
     )
 
-    published = {"lora": Path(args.lora_dir), "log_csv": Path(args.log_csv),
-                 "samples": Path(args.samples),
+    outputs = Outputs(Path(args.lora_dir), Path(args.log_csv), Path(args.samples))
+    published = {**vars(outputs),  # what a retry puts back: the outputs, by field name
                  **({"provenance": Path(args.provenance)} if args.provenance else {})}
     if args.attempt > 1 and has_published(args.state_dir, published):
         if rank_from_environment() == 0:
@@ -175,7 +175,6 @@ def cmd_train(args) -> int:
         diverged = {"diverged_after_update": trainer.step, "divergence": str(error)}
     if not trainer.is_main:  # data parallelism: rank 0 publishes
         return 0
-    outputs = Outputs(Path(args.lora_dir), Path(args.log_csv), Path(args.samples))
     trainer.publish(outputs, diverged=bool(diverged))
     if args.provenance:
         write_provenance(cfg, trainer.device, args.provenance, **diverged)
