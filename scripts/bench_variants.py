@@ -7,6 +7,8 @@ one overlay per variant, resolved for the config's first reward and seed 0.
 Variants: ``<method>`` (the bench config as it is), then any of the suffixes ``_packed``
 (``model.attention: packed``, the default), ``_diffusers_attention`` (diffusers' joint-attention
 processor), ``_compiled`` (``model.compile: blocks``), ``_1024`` (1024 px, micro-batch 4),
+``_batch8`` (effective batch 8 instead of 32: an update of a quarter of the samples, for a
+measurement that must fit a short device call),
 ``_no_tf32`` (``train.tf32`` off), ``_adjoint_kept`` (``model.checkpoint_adjoint`` off: the
 adjoint ODE's activations kept, not recomputed), ``_forward_fd`` (VGG-Flow's ``fd_scheme:
 forward``), e.g. ``vggflow_packed_compiled``. Writes
@@ -35,6 +37,7 @@ OVERLAYS = {
     "diffusers_attention": {"model": {"attention": "diffusers"}},
     "compiled": {"model": {"compile": "blocks"}},
     "1024": {"model": {"resolution": 1024}, "train": {"micro_batch_size": 4}},
+    "batch8": {"train": {"effective_batch_size": 8}},  # a quarter of the paper's update
     "no_tf32": {"train": {"tf32": False}},
     "adjoint_kept": {"model": {"checkpoint_adjoint": False}},
     "forward_fd": {"method": {"fd_scheme": "forward"}},  # the method's settings, not the config's

@@ -10,7 +10,9 @@
 # (`python -m vggflow bench` of scripts/bench_variants.py's variant, one timed update; compiled
 # variants after one untimed update; update_cost_<variant>.csv, and update_regions_<variant>.csv
 # with seconds, FLOPs and MFU per named region of the update), profile
-# (scripts/profile_sd3_forward.py with --compile and kernel tables). Default steps: the
+# (scripts/profile_sd3_forward.py with --compile and kernel tables), profile_value
+# (scripts/profile_value_update.py: VGG-Flow's reward-gradient pass and value U-Net by precision,
+# chunk, cuDNN autotuner, layout and compilation, with kernel tables). Default steps: the
 # measurements still missing from the README, most important first. WHEEL_DIR: a folder of
 # wheels (diffusers, transformers, peft, ... for a machine that lacks them) to install into
 # /tmp/site first.
@@ -22,10 +24,10 @@ set -u -o pipefail
 OUT_DIR=${1:?usage: bash scripts/gpu_bench.sh OUT_DIR [STEP...]}
 shift
 STEPS=("$@")
-[ ${#STEPS[@]} -gt 0 ] || STEPS=(bench_vggflow bench_vggflow_forward_fd
+[ ${#STEPS[@]} -gt 0 ] || STEPS=(bench_vggflow bench_vggflow_forward_fd profile_value
                                  bench_adjoint_matching_adjoint_kept
-                                 bench_vggflow_diffusers_attention bench_vggflow_compiled
-                                 profile bench_vggflow_1024)
+                                 bench_vggflow_1024_batch8 bench_vggflow_forward_fd_compiled
+                                 bench_vggflow_diffusers_attention profile)
 START=$(date +%s)
 DEADLINE=${DEADLINE:-540}
 WORK=$(mktemp -d)
@@ -89,7 +91,11 @@ for step in "${STEPS[@]}"; do
     profile)
       run_step profile 100 python3 scripts/profile_sd3_forward.py --config "$WORK/configs/vggflow.yaml" \
         --out "$WORK/forward.csv" --compile --repeats 3 --profile-out "$WORK/kernels.txt" ;;
-    *) echo "unknown step $step (bench_<variant> or profile)"; exit 2 ;;
+    profile_value)
+      run_step profile_value 100 python3 scripts/profile_value_update.py \
+        --config "$WORK/configs/vggflow.yaml" --out "$WORK/value_update.csv" \
+        --chunks ${VALUE_CHUNKS:-8 20 40} --compile --profile-out "$WORK/kernels_value" ;;
+    *) echo "unknown step $step (bench_<variant>, profile or profile_value)"; exit 2 ;;
   esac
 done
 python3 - "$WORK" <<'PY'

@@ -552,6 +552,45 @@ def test_gpu_bench_script_runs_its_steps_and_packs_what_it_measured(tiny_sd3, tm
     assert "skipping bench_refl" in short.stdout, short.stdout
 
 
+def test_value_update_profile_times_every_variant_with_the_gpu_images_imports(tiny_sd3,
+                                                                              tmp_path):
+    """scripts/profile_value_update.py (gpu_bench.sh's profile_value step) on tiny-sd3 on the CPU,
+    importing only what the GPU machine has: one row per reward-gradient variant (precision x
+    cuDNN autotuner x chunk), the jvp of the gradient and the value U-Net's layouts, none failed;
+    chunking does not change a pass's FLOPs, and the jvp of the gradient costs more than one
+    gradient pass (it computes the gradient and its derivative) but less than four."""
+    import pandas as pd
+
+    from vggflow.config import load_yaml, resolve_run_config
+
+    resolved = resolve_run_config(tiny_sd3_experiment_config(tiny_sd3),
+                                  load_yaml(REPO / "config/methods/vggflow.yaml"), "pickscore",
+                                  "vggflow", 0)
+    (tmp_path / "vggflow.yaml").write_text(yaml.safe_dump(resolved))
+    (tmp_path / "hook").mkdir()
+    (tmp_path / "hook" / "sitecustomize.py").write_text(GPU_IMAGE_IMPORTS)
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path / 'hook'}:{REPO}",
+           "GPU_BLOCKED_LOG": str(tmp_path / "blocked.txt"),
+           "GPU_PACKAGE_LISTS": f"{REPO / 'docs/bench_h100/gpu_image_packages.txt'}:"
+                                f"{REPO / 'scripts/gpu_wheels.txt'}"}
+    result = subprocess.run(
+        ["python", "scripts/profile_value_update.py", "--config", str(tmp_path / "vggflow.yaml"),
+         "--out", str(tmp_path / "value.csv"), "--chunks", "5", "10", "--repeats", "1",
+         "--profile-out", str(tmp_path / "kernels")],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    table = pd.read_csv(tmp_path / "value.csv")
+    assert "note" not in table or table["note"].isna().all(), table.get("note")
+    passes = table[table["variant"] == "reward_grad"]
+    assert len(passes) == 2 * 2 * 2 and passes["seconds"].gt(0).all()
+    assert passes["tflop"].max() == pytest.approx(passes["tflop"].min(), rel=1e-6)
+    jvp_flops = table.loc[table["variant"] == "reward_jvp", "tflop"].item()
+    assert passes["tflop"].max() < jvp_flops < 4 * passes["tflop"].max()
+    assert set(table.loc[table["variant"] == "value_net", "layout"]) == {"contiguous",
+                                                                         "channels_last"}
+    assert (tmp_path / "kernels.value_net").is_file() and (tmp_path / "kernels.reward").is_file()
+
+
 @pytest.mark.parametrize("method", ["adjoint_matching", "vggflow_pmp"])
 def test_adjoint_without_checkpointing_gives_the_same_updates(tiny_sd3, tmp_path, method,
                                                                monkeypatch):
