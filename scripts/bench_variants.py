@@ -8,7 +8,8 @@ Variants: ``<method>`` (the bench config as it is), then any of the suffixes ``_
 (``model.attention: packed``, the default), ``_diffusers_attention`` (diffusers' joint-attention
 processor), ``_compiled`` (``model.compile: blocks``), ``_1024`` (1024 px, micro-batch 4),
 ``_batch8`` (effective batch 8 instead of 32: an update of a quarter of the samples, for a
-measurement that must fit a short device call),
+measurement that must fit a short device call), ``_value_heads64`` (VGG-Flow's value U-Net with
+attention heads of 64 channels, the same parameters),
 ``_no_tf32`` (``train.tf32`` off), ``_adjoint_kept`` (``model.checkpoint_adjoint`` off: the
 adjoint ODE's activations kept, not recomputed), ``_forward_fd`` (VGG-Flow's ``fd_scheme:
 forward``), e.g. ``vggflow_packed_compiled``. Writes
@@ -38,6 +39,8 @@ OVERLAYS = {
     "compiled": {"model": {"compile": "blocks"}},
     "1024": {"model": {"resolution": 1024}, "train": {"micro_batch_size": 4}},
     "batch8": {"train": {"effective_batch_size": 8}},  # a quarter of the paper's update
+    # the value U-Net's attention in heads of 64 channels (SD3 medium's block widths 64-256)
+    "value_heads64": {"model": {"value_unet": {"attention_head_dim": [1, 2, 4, 4]}}},
     "no_tf32": {"train": {"tf32": False}},
     "adjoint_kept": {"model": {"checkpoint_adjoint": False}},
     "forward_fd": {"method": {"fd_scheme": "forward"}},  # the method's settings, not the config's

@@ -24,10 +24,9 @@ set -u -o pipefail
 OUT_DIR=${1:?usage: bash scripts/gpu_bench.sh OUT_DIR [STEP...]}
 shift
 STEPS=("$@")
-[ ${#STEPS[@]} -gt 0 ] || STEPS=(bench_vggflow bench_vggflow_forward_fd profile_value
-                                 bench_adjoint_matching_adjoint_kept
-                                 bench_vggflow_1024_batch8 bench_vggflow_forward_fd_compiled
-                                 bench_vggflow_diffusers_attention profile)
+[ ${#STEPS[@]} -gt 0 ] || STEPS=(bench_vggflow bench_vggflow_value_heads64 profile_value
+                                 bench_vggflow_forward_fd_compiled
+                                 bench_vggflow_diffusers_attention profile bench_vggflow_1024)
 START=$(date +%s)
 DEADLINE=${DEADLINE:-540}
 WORK=$(mktemp -d)

@@ -14,7 +14,9 @@ Variants, per pass over the micro-batch's transitions (``micro_batch_size * num_
   its error is recorded in ``note`` when it fails;
 * ``value_net``: the value U-Net evaluated twice in full fp32 (the difference's two points) and
   backpropagated with TF32 (as the update does): as it runs, with ``cudnn_benchmark``, channels-last
-  memory format, and ``torch.compile`` (``--compile``; the first call's extra seconds are its
+  memory format, with attention heads of 64 channels (``head_dim`` 64: the same parameters,
+  ``model.value_unet.attention_head_dim`` one head per 64 channels, against the default 8 heads
+  per level) and ``torch.compile`` (``--compile``; the first call's extra seconds are its
   compile time).
 
 Seconds are the best of ``--repeats`` calls after a first, FLOPs come from
@@ -182,6 +184,15 @@ def main() -> None:
             cudnn_benchmark=False)
     value_net.to(memory_format=torch.contiguous_format)
     x, tangent = x_layout, tangent_layout
+    # the same parameters with attention heads of 64 channels (the default has 8 heads per
+    # level: heads of 8 channels at the latents' full resolution, where attention is quadratic)
+    heads = [max(1, width // 64) for width in value_net.unet.config.block_out_channels]
+    suite.settings = {**suite.settings, "value_unet": {**suite.settings.get("value_unet", {}),
+                                                       "attention_head_dim": heads}}
+    default_net, value_net = value_net, suite.value_network()
+    measure("value_net", value_pass, layout="contiguous", compiled=False, cudnn_benchmark=False,
+            head_dim=64)
+    value_net = default_net
     if args.compile:
         value_net.unet.compile()
         measure("value_net", value_pass, layout="contiguous", compiled=True,

@@ -556,7 +556,8 @@ def test_value_update_profile_times_every_variant_with_the_gpu_images_imports(ti
                                                                               tmp_path):
     """scripts/profile_value_update.py (gpu_bench.sh's profile_value step) on tiny-sd3 on the CPU,
     importing only what the GPU machine has: one row per reward-gradient variant (precision x
-    cuDNN autotuner x chunk), the jvp of the gradient and the value U-Net's layouts, none failed;
+    cuDNN autotuner x chunk), the jvp of the gradient and the value U-Net's layouts and head
+    widths, none failed;
     chunking does not change a pass's FLOPs, and the jvp of the gradient costs more than one
     gradient pass (it computes the gradient and its derivative) but less than four."""
     import pandas as pd
@@ -588,6 +589,7 @@ def test_value_update_profile_times_every_variant_with_the_gpu_images_imports(ti
     assert passes["tflop"].max() < jvp_flops < 4 * passes["tflop"].max()
     assert set(table.loc[table["variant"] == "value_net", "layout"]) == {"contiguous",
                                                                          "channels_last"}
+    assert table.loc[table["variant"] == "value_net", "head_dim"].eq(64).sum() == 1
     assert (tmp_path / "kernels.value_net").is_file() and (tmp_path / "kernels.reward").is_file()
 
 

@@ -47,7 +47,7 @@ DEFAULT_SETTINGS = {
     "max_sequence_length": 256,    # T5 tokens
     "train_decoder": "tiny",       # reward-gradient decoder: "tiny" (taesd3) or "full" VAE
     "gradient_checkpointing": False,
-    "checkpoint_adjoint": True,    # with it: also in the adjoint ODE's one-step VJPs
+    "checkpoint_adjoint": False,   # True: recompute blocks in the adjoint ODE's one-step VJPs too
     "lora_compute_dtype": "model",  # "model": LoRA products in the transformer's dtype; "float32"
     "attention": "packed",         # joint attention: "packed" (sd3_attention.py) or "diffusers"
     "compile": "none",             # "blocks": torch.compile each transformer block
