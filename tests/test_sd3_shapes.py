@@ -103,10 +103,8 @@ def test_unknown_shape_is_named():
     assert set(SHAPES) == {"tiny", "medium"}
 
 
-def test_activation_memory_count_grows_with_samples_and_tokens_not_weights(tmp_path):
-    """scripts/activation_memory.py on SD3 medium's shapes (meta device): the saved activations
-    are proportional to the samples (no weights counted) and grow like the tokens, not their
-    square (attention counted as flash attention saves it)."""
+def activation_memory(tmp_path, *args: str) -> dict:
+    """The JSON result of ``scripts/activation_memory.py ARGS``."""
     import json
     import os
     import subprocess
@@ -114,18 +112,41 @@ def test_activation_memory_count_grows_with_samples_and_tokens_not_weights(tmp_p
 
     from conftest import REPO
 
+    out = tmp_path / f"{'_'.join(arg.strip('-') for arg in args)}.json"
+    subprocess.run([sys.executable, "scripts/activation_memory.py", *args, "--out", str(out)],
+                   cwd=REPO, check=True, capture_output=True,
+                   env={**os.environ, "PYTHONPATH": str(REPO)})
+    return json.loads(out.read_text())
+
+
+def test_activation_memory_count_grows_with_samples_and_tokens_not_weights(tmp_path):
+    """scripts/activation_memory.py on SD3 medium's shapes (meta device): the saved activations
+    are proportional to the samples (no weights counted) and grow like the tokens, not their
+    square (attention counted as flash attention saves it)."""
     def gib(batch: int, resolution: int) -> float:
-        out = tmp_path / f"{batch}_{resolution}.json"
-        subprocess.run([sys.executable, "scripts/activation_memory.py", "--shape", "medium",
-                        "--batch", str(batch), "--resolution", str(resolution), "--out", str(out)],
-                       cwd=REPO, check=True, capture_output=True,
-                       env={**os.environ, "PYTHONPATH": str(REPO)})
-        return json.loads(out.read_text())["saved_activation_gib"]
+        return activation_memory(tmp_path, "--shape", "medium", "--batch", str(batch),
+                                 "--resolution", str(resolution))["saved_activation_gib"]
 
     one = gib(1, 512)
     assert one > 0 and gib(2, 512) == pytest.approx(2 * one, rel=1e-9)
     tokens = {512: 32 * 32 + 333, 1024: 64 * 64 + 333}
     assert gib(1, 1024) / one == pytest.approx(tokens[1024] / tokens[512], rel=0.2)
+
+
+def test_reward_pass_memory_count_grows_with_pixels_in_the_decoder_only(tmp_path):
+    """scripts/activation_memory.py --part reward (meta device): a reward-gradient pass keeps
+    activations in proportion to its images; the taesd3 decode's grow with the pixels (4x from
+    512 to 1024 px), the CLIP ViT-L/14 embedding's do not (its input is resized to 224 px)."""
+    def parts(batch: int, resolution: int) -> dict:
+        return activation_memory(tmp_path, "--part", "reward", "--batch", str(batch),
+                                 "--resolution", str(resolution))
+
+    one, two, large = parts(1, 512), parts(2, 512), parts(1, 1024)
+    assert one["decoder_gib"] > 0 and one["clip_gib"] > 0
+    for name in ("decoder_gib", "clip_gib"):
+        assert two[name] == pytest.approx(2 * one[name], rel=1e-6)  # + a few fixed bytes
+    assert large["decoder_gib"] / one["decoder_gib"] == pytest.approx(4, rel=0.02)
+    assert large["clip_gib"] == pytest.approx(one["clip_gib"], rel=1e-9)
 
 
 def test_bench_variants_apply_their_overlays_to_the_config_and_the_method(tmp_path):
