@@ -22,6 +22,7 @@ decoder; the CLIP part does not (``reward_grad_chunk`` images are kept at a time
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 from unittest import mock
 
@@ -45,6 +46,28 @@ class _FlashAttentionSaves(torch.autograd.Function):
         raise NotImplementedError("shapes only")
 
 
+@contextlib.contextmanager
+def counting_saved_tensors(parameters: set[int], into: dict[int, torch.Tensor]):
+    """Within the block, every tensor autograd saves (parameters and their views excluded) lands
+    in ``into`` (by id, so each once); scaled-dot-product attention saves what flash attention
+    saves."""
+
+    def keep(tensor: torch.Tensor) -> torch.Tensor:
+        base = tensor if tensor._base is None else tensor._base  # weights are saved transposed
+        if id(base) not in parameters:
+            into[id(tensor)] = tensor
+        return tensor
+
+    attention = lambda q, k, v, *args, **kwargs: _FlashAttentionSaves.apply(q, k, v)  # noqa: E731
+    with mock.patch.object(F, "scaled_dot_product_attention", attention), \
+            torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
+        yield
+
+
+def total_bytes(tensors: dict[int, torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
 def saved_activation_bytes(shape: str, batch: int, resolution: int) -> int:
     """Bytes autograd keeps from one forward of the ``shape`` SD3 transformer (meta device)."""
     from diffusers import SD3Transformer2DModel
@@ -54,26 +77,16 @@ def saved_activation_bytes(shape: str, batch: int, resolution: int) -> int:
     config, dtype = check_shape(shape)["transformer"], SHAPES[shape]["dtype"]
     with torch.device("meta"):
         model = SD3Transformer2DModel(**config).to(dtype).requires_grad_(False)
-    parameters = {id(p) for p in model.parameters()}
     kept: dict[int, torch.Tensor] = {}
-
-    def keep(tensor: torch.Tensor) -> torch.Tensor:
-        base = tensor if tensor._base is None else tensor._base  # weights are saved transposed
-        if id(base) not in parameters:
-            kept[id(tensor)] = tensor
-        return tensor
-
     side = resolution // 8
     meta = {"device": "meta", "dtype": dtype}
     x = torch.empty(batch, config["in_channels"], side, side, requires_grad=True, **meta)
     text = torch.empty(batch, TEXT_TOKENS, config["joint_attention_dim"], **meta)
     pooled = torch.empty(batch, config["pooled_projection_dim"], **meta)
-    attention = lambda q, k, v, *args, **kwargs: _FlashAttentionSaves.apply(q, k, v)  # noqa: E731
-    with mock.patch.object(F, "scaled_dot_product_attention", attention), \
-            torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
+    with counting_saved_tensors({id(p) for p in model.parameters()}, kept):
         model(hidden_states=x, timestep=torch.full((batch,), 500.0, device="meta"),
               encoder_hidden_states=text, pooled_projections=pooled, return_dict=False)
-    return sum(t.numel() * t.element_size() for t in kept.values())
+    return total_bytes(kept)
 
 
 def reward_pass_saved_bytes(batch: int, resolution: int) -> dict[str, int]:
@@ -91,25 +104,15 @@ def reward_pass_saved_bytes(batch: int, resolution: int) -> dict[str, int]:
     parameters = {id(p) for module in (decoder, clip) for p in module.parameters()}
     for module in (decoder, clip):
         module.requires_grad_(False)
-    counts = {"decoder": {}, "clip": {}}
-    part = ["decoder"]
-
-    def keep(tensor: torch.Tensor) -> torch.Tensor:
-        base = tensor if tensor._base is None else tensor._base
-        if id(base) not in parameters:
-            counts[part[0]][id(tensor)] = tensor
-        return tensor
-
+    decoded: dict[int, torch.Tensor] = {}
+    embedded: dict[int, torch.Tensor] = {}
     latents = torch.empty(batch, 16, resolution // 8, resolution // 8, device="meta",
                           requires_grad=True)
-    attention = lambda q, k, v, *args, **kwargs: _FlashAttentionSaves.apply(q, k, v)  # noqa: E731
-    with mock.patch.object(F, "scaled_dot_product_attention", attention), \
-            torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
+    with counting_saved_tensors(parameters, decoded):
         images = decode_latents(decoder, latents)
-        part[0] = "clip"
+    with counting_saved_tensors(parameters, embedded):
         clip_image_embeds(clip, images)
-    return {name: sum(t.numel() * t.element_size() for t in kept.values())
-            for name, kept in counts.items()}
+    return {"decoder": total_bytes(decoded), "clip": total_bytes(embedded)}
 
 
 def main() -> None:
@@ -128,15 +131,12 @@ def main() -> None:
         print(f"reward pass, batch {args.batch}, {args.resolution} px: taesd3 decode "
               f"{result['decoder_gib']:.2f} GiB, CLIP ViT-L/14 {result['clip_gib']:.2f} GiB of "
               "saved activations")
-        if args.out:
-            with open(args.out, "w") as handle:
-                json.dump(result, handle, indent=2)
-        return
-    size = saved_activation_bytes(args.shape, args.batch, args.resolution)
-    result = {"shape": args.shape, "batch": args.batch, "resolution": args.resolution,
-              "saved_activation_gib": size / 2**30}
-    print(f"{args.shape}, batch {args.batch}, {args.resolution} px: "
-          f"{result['saved_activation_gib']:.2f} GiB of saved activations")
+    else:
+        size = saved_activation_bytes(args.shape, args.batch, args.resolution)
+        result = {"shape": args.shape, "batch": args.batch, "resolution": args.resolution,
+                  "saved_activation_gib": size / 2**30}
+        print(f"{args.shape}, batch {args.batch}, {args.resolution} px: "
+              f"{result['saved_activation_gib']:.2f} GiB of saved activations")
     if args.out:
         with open(args.out, "w") as handle:
             json.dump(result, handle, indent=2)

@@ -500,6 +500,18 @@ sys.meta_path.insert(0, _OnlyTheGPUImage())
 """
 
 
+def gpu_image_environment(tmp_path, blocked_log) -> dict:
+    """Environment for a subprocess whose imports are limited as on the lent GPU machine
+    (:data:`GPU_IMAGE_IMPORTS` as its sitecustomize); blocked imports are logged to
+    ``blocked_log``."""
+    (tmp_path / "hook").mkdir()
+    (tmp_path / "hook" / "sitecustomize.py").write_text(GPU_IMAGE_IMPORTS)
+    return {**os.environ, "PYTHONPATH": f"{tmp_path / 'hook'}:{REPO}",
+            "GPU_BLOCKED_LOG": str(blocked_log),
+            "GPU_PACKAGE_LISTS": f"{REPO / 'docs/bench_h100/gpu_image_packages.txt'}:"
+                                 f"{REPO / 'scripts/gpu_wheels.txt'}"}
+
+
 def test_gpu_bench_script_runs_its_steps_and_packs_what_it_measured(tiny_sd3, tmp_path):
     """scripts/gpu_bench.sh on tiny-sd3 on the CPU (BENCH_CONFIG), importing only what the lent
     GPU machine has: its image's packages and the carried wheels (a package of neither list is
@@ -510,13 +522,9 @@ def test_gpu_bench_script_runs_its_steps_and_packs_what_it_measured(tiny_sd3, tm
     config = tiny_sd3_experiment_config(tiny_sd3)
     config["rewards"] = ["pickscore"]
     (tmp_path / "bench.yaml").write_text(yaml.safe_dump(config))
-    (tmp_path / "hook").mkdir()
-    (tmp_path / "hook" / "sitecustomize.py").write_text(GPU_IMAGE_IMPORTS)
     blocked = tmp_path / "blocked.txt"
-    env = {**os.environ, "BENCH_CONFIG": str(tmp_path / "bench.yaml"), "DEADLINE": "400",
-           "PYTHONPATH": f"{tmp_path / 'hook'}:{REPO}", "GPU_BLOCKED_LOG": str(blocked),
-           "GPU_PACKAGE_LISTS": f"{REPO / 'docs/bench_h100/gpu_image_packages.txt'}:"
-                                f"{REPO / 'scripts/gpu_wheels.txt'}"}
+    env = {**gpu_image_environment(tmp_path, blocked),
+           "BENCH_CONFIG": str(tmp_path / "bench.yaml"), "DEADLINE": "400"}
     result = subprocess.run(
         ["bash", "scripts/gpu_bench.sh", str(tmp_path / "out"), "bench_vggflow_packed", "profile",
          "bench_refl"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
@@ -568,12 +576,7 @@ def test_value_update_profile_times_every_variant_with_the_gpu_images_imports(ti
                                   load_yaml(REPO / "config/methods/vggflow.yaml"), "pickscore",
                                   "vggflow", 0)
     (tmp_path / "vggflow.yaml").write_text(yaml.safe_dump(resolved))
-    (tmp_path / "hook").mkdir()
-    (tmp_path / "hook" / "sitecustomize.py").write_text(GPU_IMAGE_IMPORTS)
-    env = {**os.environ, "PYTHONPATH": f"{tmp_path / 'hook'}:{REPO}",
-           "GPU_BLOCKED_LOG": str(tmp_path / "blocked.txt"),
-           "GPU_PACKAGE_LISTS": f"{REPO / 'docs/bench_h100/gpu_image_packages.txt'}:"
-                                f"{REPO / 'scripts/gpu_wheels.txt'}"}
+    env = gpu_image_environment(tmp_path, tmp_path / "blocked.txt")
     result = subprocess.run(
         ["python", "scripts/profile_value_update.py", "--config", str(tmp_path / "vggflow.yaml"),
          "--out", str(tmp_path / "value.csv"), "--chunks", "5", "10", "--repeats", "1",
