@@ -33,7 +33,6 @@ if RANDOM_SD3_SHAPE:
 
 
 include: "workflow/rules/train.smk"
-include: "workflow/rules/metrics.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/closed_form.smk"
 include: "workflow/rules/sweep.smk"

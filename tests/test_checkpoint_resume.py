@@ -105,20 +105,33 @@ def test_a_stop_signal_saves_state_and_the_rerun_finishes(make_run_config, tmp_p
 def test_cli_publishes_outputs_and_a_retry_publishes_them_again(make_run_config, tmp_path):
     """A finished run keeps only hard links to its outputs in its state folder. A retry of the
     job (--attempt 2), after Snakemake deleted the outputs of a job reported failed, puts the
-    same files back without training; a new job (attempt 1) trains from scratch."""
+    same files back without training; a new job (attempt 1) trains from scratch. The job's
+    metrics are the ones `vggflow metrics` computes from its samples."""
     from conftest import run_cli
 
     from vggflow.config import write_yaml_atomic as write
 
     write(make_run_config(method_name="refl", train={"max_steps": 2}), tmp_path / "c.yaml")
+    base = tmp_path / "base" / "samples.pt"  # a run config holds every key of a base config
+    made = run_cli("sample-base", "--config", str(tmp_path / "c.yaml"), "--out", str(base))
+    assert made.returncode == 0, made.stderr
     outputs = {"lora_dir": tmp_path / "lora", "log_csv": tmp_path / "log.csv",
-               "samples": tmp_path / "samples.pt", "provenance": tmp_path / "p.json"}
+               "samples": tmp_path / "samples.pt", "provenance": tmp_path / "p.json",
+               "metrics": tmp_path / "metrics.csv"}
     command = ["train", "--config", str(tmp_path / "c.yaml"), "--state-dir",
                str(tmp_path / "state"), "--threads", "1", "--lora-dir", str(outputs["lora_dir"]),
                "--log-csv", str(outputs["log_csv"]), "--samples", str(outputs["samples"]),
-               "--provenance", str(outputs["provenance"])]
+               "--provenance", str(outputs["provenance"]), "--base-samples", str(base),
+               "--metrics", str(outputs["metrics"])]
     result = run_cli(*command)
     assert result.returncode == 0, result.stderr
+    scored = run_cli("metrics", "--config", str(tmp_path / "c.yaml"), "--samples",
+                     str(outputs["samples"]), "--base-samples", str(base), "--out",
+                     str(tmp_path / "base" / "metrics.csv"))
+    assert scored.returncode == 0, scored.stderr
+    metrics = pd.read_csv(outputs["metrics"])
+    assert sorted(set(metrics["step"])) == [0, 2] and "reward_margin" in set(metrics["metric"])
+    assert (tmp_path / "base" / "metrics.csv").read_bytes() == outputs["metrics"].read_bytes()
     assert [p.name for p in (tmp_path / "state").iterdir()] == ["published"]
     kept = tmp_path / "state" / "published"
     assert sorted(p.name for p in kept.iterdir()) == sorted(outputs)
@@ -143,6 +156,9 @@ def test_cli_publishes_outputs_and_a_retry_publishes_them_again(make_run_config,
     assert new_job.returncode == 0, new_job.stderr
     assert "trains from scratch" in new_job.stdout and "done: 2 updates" in new_job.stdout
     assert [p.name for p in (tmp_path / "state").iterdir()] == ["published"]
+
+    alone = run_cli(*command[:command.index("--base-samples")], "--metrics", "m.csv")
+    assert alone.returncode != 0 and "--metrics and --base-samples go together" in alone.stderr
 
 
 @pytest.mark.parametrize("record", [False, True])

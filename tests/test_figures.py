@@ -8,6 +8,7 @@ from matplotlib.colors import to_hex
 from vggflow.analysis.figures import (
     convergence_wallclock,
     method_grid,
+    mosaic,
     pareto,
     sample_evolution,
     time_unit,
@@ -147,22 +148,47 @@ def test_plots_keep_their_signatures(tmp_path):
     assert to_hex(line(fig, 0, "a").get_color()) != to_hex(line(fig, 0, "b").get_color())
 
 
+def mosaic_shape(rows, columns, side):
+    gap = max(1, side // 8)
+    return rows * (side + gap) - gap, columns * (side + gap) - gap
+
+
+def assert_tile(grid, row, column, expected):
+    """The (row, column) tile of a mosaic is the (C, H, W) image ``expected``."""
+    side = expected.shape[-1]
+    gap = max(1, side // 8)
+    top, left = row * (side + gap), column * (side + gap)
+    expected = expected[0] if expected.shape[0] == 1 else expected.transpose(1, 2, 0)
+    np.testing.assert_allclose(grid[top:top + side, left:left + side], expected, rtol=1e-6)
+
+
+def test_mosaic_lays_tiles_out_with_white_gaps():
+    tiles = np.zeros((2, 3, 1, 8, 8), dtype=np.uint8)
+    tiles[1, 2] = 255
+    grid = mosaic(tiles)
+    assert grid.shape == mosaic_shape(rows=2, columns=3, side=8) == (17, 26)
+    assert grid[9:, 18:].min() == 1.0 and grid[:8, :8].max() == 0.0  # uint8 levels to [0, 1]
+    assert (grid[8] == 1.0).all() and (grid[:, 8] == 1.0).all()  # the gaps
+    assert grid.sum() == 17 * 26 - 6 * 64 + 64
+    rgb = mosaic(np.full((1, 2, 3, 16, 16), 0.5, dtype=np.float32))
+    assert rgb.shape == (16, 34, 3) and (rgb[:, 16:18] == 1.0).all()
+
+
 @pytest.mark.parametrize("channels,side", [(1, 8), (3, 16)])
 def test_sample_evolution(tmp_path, channels, side):
     samples = fake_samples(channels, side)
     fig = sample_evolution(samples, tmp_path / "e.png", prompt_index=1, image_indices=(0, 2, 3))
     assert written(tmp_path / "e.png")
-    assert len(fig.axes) == 3 * 3
-    assert [ax.get_title() for ax in fig.axes[:3]] == ["step 0", "step 5", "step 10"]
-    assert fig.axes[3].get_ylabel() == "noise 2"
+    (ax,) = fig.axes  # one mosaic: rows are the noise seeds, columns the checkpoints
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["step 0", "step 5", "step 10"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["noise 0", "noise 2", "noise 3"]
     assert fig.get_suptitle() == "a handwritten 7"
-    shown = fig.axes[3 * 1 + 2].images[0]  # row 1 (noise 2), column 2 (step 10)
-    expected = samples["images"][2, 1, 2]
-    expected = expected[0] if channels == 1 else expected.transpose(1, 2, 0)
-    np.testing.assert_allclose(shown.get_array(), expected)
+    shown = ax.images[0]
     assert shown.get_interpolation() == "nearest"
     if channels == 1:
         assert shown.get_cmap().name == "gray"
+    # row 1 (noise 2), column 2 (step 10)
+    assert_tile(shown.get_array(), row=1, column=2, expected=samples["images"][2, 1, 2])
 
 
 def test_sample_evolution_rejects_bad_indices(tmp_path):
@@ -183,18 +209,18 @@ def test_method_grid(tmp_path, channels, side):
     rewards = {"refl": 3.0, "base": 1.0, "vggflow": 4.25}
     fig = method_grid(samples, steps, rewards, tmp_path / "g.png", images_per_prompt=3)
     assert written(tmp_path / "g.png")
-    titles = [sub.get_suptitle() for sub in fig.subfigs]
+    titles = [ax.get_title() for ax in fig.axes]  # one mosaic per method
     assert titles == ["Base model\nstep 0, reward 1", "VGG-Flow\nstep 10, reward 4.25",
                       "ReFL\nstep 5, reward 3"]
-    assert [len(sub.axes) for sub in fig.subfigs] == [2 * 3] * 3
-    refl = fig.subfigs[2].axes[3 + 1].images[0]  # prompt 1, image 1, at step 5
-    expected = samples["refl"]["images"][1, 1, 1]
-    expected = expected[0] if channels == 1 else expected.transpose(1, 2, 0)
-    np.testing.assert_allclose(refl.get_array(), expected)
-    base = fig.subfigs[0].axes[0].images[0]  # the base block is step 0 of the first samples
-    first = samples["vggflow"]["images"][0, 0, 0]
-    np.testing.assert_allclose(base.get_array(), first[0] if channels == 1
-                               else first.transpose(1, 2, 0))
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["a handwritten 3",
+                                                                     "a handwritten 7"]
+    assert [len(ax.get_yticklabels()) for ax in fig.axes[1:]] == [0, 0]
+    refl = fig.axes[2].images[0].get_array()
+    assert refl.shape[:2] == mosaic_shape(rows=2, columns=3, side=side)
+    # prompt 1, image 1, at step 5
+    assert_tile(refl, row=1, column=1, expected=samples["refl"]["images"][1, 1, 1])
+    base = fig.axes[0].images[0].get_array()  # the base block is step 0 of the first samples
+    assert_tile(base, row=0, column=0, expected=samples["vggflow"]["images"][0, 0, 0])
 
 
 def test_method_grid_rejects_bad_inputs(tmp_path):

@@ -22,7 +22,7 @@ from conftest import REPO
 # job gets one CPU and a little memory, and GPU rules still ask for one (fake) GPU.
 SMALL_RESOURCES = [
     "--default-resources", "mem_mb=800", "runtime=30", "cpus_per_task=1",
-    "--set-resources", *(f"{rule}:{key}={value}" for rule in ("train", "sample_base", "metrics")
+    "--set-resources", *(f"{rule}:{key}={value}" for rule in ("train", "sample_base")
                          for key, value in (("gpu", 1), ("mem_mb", 1500), ("cpus_per_task", 1))),
 ]
 

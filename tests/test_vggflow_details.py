@@ -121,6 +121,50 @@ def test_losses_from_the_update_cache_equal_fresh_computations(make_run_config):
         assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in zip(got, want))
 
 
+@pytest.mark.parametrize("chunk", [None, 7])
+def test_value_gradient_jvp_equals_the_jvp_of_the_whole_g(make_run_config, chunk):
+    """``held``: g's derivative along (w, 1) from the reward's Hessian product (reverse over
+    reverse, in chunks) and nu_phi's jvp equals torch.func's jvp of the whole g (forward over
+    reverse through the reward gradient), clipping included, in value and in phi's gradient.
+    x1_hat's tangent is w - v_theta: with w alone the derivative differs."""
+    cfg = RunConfig.from_mapping(make_run_config(method={"reward_grad_chunk": chunk}))
+    trainer = Trainer(cfg, "/nonexistent-state", threads=1)
+    method = trainer.method
+    generator = torch.Generator().manual_seed(0)
+    batch = method.prepare(trainer.rollout_batch(generator), generator)
+    v_theta, v_base = method._velocities(batch)
+    reward_grad = method._reward_gradient_at_transitions(batch)
+    norms = reward_grad.flatten(1).norm(dim=1)
+    method.threshold = float(norms.median())  # clips half of the samples
+    direction = v_base - method.settings.beta * method._value_gradient(
+        batch.x, batch.t, reward_grad, batch.guidance.cond).detach()
+    ones = torch.ones_like(batch.t)
+    eta = ETA_SCHEDULES[method.settings.eta]
+
+    def summed_reward(y):
+        return trainer.reward(method.model.decode(y), batch.prompts).sum()
+
+    def g_by_hand(y, s):  # Eq. 16 with the transition's v_theta
+        s_ = s.reshape(-1, 1, 1, 1)
+        reward_grad_at = torch.func.grad(summed_reward)(y + (1 - s_) * v_theta)
+        return (-eta(s_) * clip_per_sample(reward_grad_at, method.threshold)
+                + method.value_net(y, s, batch.guidance.cond))
+
+    want_g, want_dg = torch.func.jvp(g_by_hand, (batch.x, batch.t), (direction, ones))
+    g, dg = method._value_gradient_jvp(batch, direction, reward_grad)
+    torch.testing.assert_close(g, want_g, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(dg, want_dg, rtol=1e-4, atol=1e-5 * want_dg.abs().max().item())
+    params = list(method.value_net.parameters())
+    got = torch.autograd.grad((dg + g).pow(2).mean(), params)
+    want = torch.autograd.grad((want_dg + want_g).pow(2).mean(), params)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * b.abs().max().item())
+    along_w = method._reward_hessian_product(batch.x, batch.t, v_theta, direction, batch.prompts)
+    along_tangent = method._reward_hessian_product(batch.x, batch.t, v_theta,
+                                                   direction - v_theta, batch.prompts)
+    assert ((along_w - along_tangent).norm() / along_tangent.norm()).item() > 0.1
+
+
 def test_reward_gradient_chunk_must_be_positive(make_run_config):
     cfg = RunConfig.from_mapping(make_run_config(method={"reward_grad_chunk": 0}))
     with pytest.raises(ConfigError, match="reward_grad_chunk.*positive integer or null"):

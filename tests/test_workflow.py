@@ -46,7 +46,8 @@ def test_dry_run_of_the_default_benchmark_plans_every_run():
     counts = planned_jobs("--forceall")
     config = yaml.safe_load((REPO / "config/config.yaml").read_text())
     runs = len(config["rewards"]) * len(config["methods"]) * len(config["seeds"])
-    assert counts.get("train") == runs and counts.get("metrics") == runs
+    # one process per run: the train job also scores its samples (no metrics job of its own)
+    assert counts.get("train") == runs and "metrics" not in counts
 
 
 @pytest.fixture
@@ -261,13 +262,13 @@ def test_single_seed_reruns_plan_only_what_they_name(tmp_path):
     run = "results/runs/margin/refl/seed0/train_log.csv"
     # retrain one (reward, method, seed) and nothing else
     assert planned_jobs("--directory", ".test", run, "--forcerun", "train") == {"train": 1}
-    # retrain it and redo only what depends on it: its metrics, then the tables and figures
+    # retrain it (the job scores its samples too) and redo only the tables and figures
     analysis = {"collect_times", "make_tables", "make_compute_table", "make_reward_cost_table",
                 "make_paper_tables", "select_checkpoints", "plot_convergence", "plot_wallclock",
                 "plot_pareto", "plot_sample_evolution", "plot_method_grid"}
     downstream = planned_jobs("--directory", ".test", "-R", run)
-    assert downstream["train"] == 1 and downstream["metrics"] == 1
-    assert set(downstream) == {"train", "metrics", "collect_metrics", "all"} | analysis
+    assert downstream["train"] == 1
+    assert set(downstream) == {"train", "collect_metrics", "all"} | analysis
     # regenerate every table and figure from the existing metrics: no training or sampling
     figures = planned_jobs("--directory", ".test", "figures", "--forcerun", *sorted(analysis))
     assert set(figures) == analysis | {"figures"}
@@ -331,7 +332,7 @@ def test_the_paper_config_stops_before_any_job_when_a_file_is_missing(tmp_path):
                           "--configfile", paper)
     config = yaml.safe_load((REPO / "config/paper.yaml").read_text())
     runs = len(config["rewards"]) * len(config["methods"]) * len(config["seeds"])
-    assert counts["train"] == counts["metrics"] == runs == 45
+    assert counts["train"] == runs == 45
     assert counts["sample_base"] == len(config["rewards"])
 
 

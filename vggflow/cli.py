@@ -147,9 +147,13 @@ def cmd_train(args) -> int:
         write_provenance,
     )
 
+    if (args.metrics is None) != (args.base_samples is None):
+        raise SystemExit("train: --metrics and --base-samples go together (the run's samples "
+                         "are scored against the base model's)")
     outputs = Outputs(Path(args.lora_dir), Path(args.log_csv), Path(args.samples))
     published = {**vars(outputs),  # what a retry puts back: the outputs, by field name
-                 **({"provenance": Path(args.provenance)} if args.provenance else {})}
+                 **({"provenance": Path(args.provenance)} if args.provenance else {}),
+                 **({"metrics": Path(args.metrics)} if args.metrics else {})}
     if args.attempt > 1 and has_published(args.state_dir, published):
         if rank_from_environment() == 0:
             republish(args.state_dir, published)
@@ -178,6 +182,11 @@ def cmd_train(args) -> int:
     trainer.publish(outputs, diverged=bool(diverged))
     if args.provenance:
         write_provenance(cfg, trainer.device, args.provenance, **diverged)
+    if args.metrics:  # in this process: a job of its own would spend seconds importing torch
+        from vggflow.metrics.evaluate import score_run
+
+        print(f"scoring the samples of every evaluation step -> {args.metrics}", flush=True)
+        score_run(cfg, trainer.suite, args.samples, args.base_samples, args.metrics)
     keep_published(args.state_dir, published)
     print(f"done: {trainer.step} updates in {trainer.elapsed:.1f} s of training", flush=True)
     return 0
@@ -185,35 +194,13 @@ def cmd_train(args) -> int:
 
 def cmd_metrics(args) -> None:
     _threads(args)
-    import pandas as pd
-
     from vggflow.config import RunConfig
-    from vggflow.metrics.evaluate import step_metrics
-    from vggflow.sampling import stored_images_as_float
-    from vggflow.suites import SUITES, load_builtin_suites
-    from vggflow.train import resolve_device
-    from vggflow.utils.io import atomic_path, torch_load
+    from vggflow.metrics.evaluate import score_run
+    from vggflow.train import build_suite, resolve_device
 
     cfg = RunConfig.load(args.config)
-    load_builtin_suites()
-    suite = SUITES.get(cfg.suite)(cfg.resources, device=resolve_device("auto"),
-                                  settings=cfg.model)
-    samples = torch_load(args.samples, "run samples", mmap=True)  # read a step at a time
-    base = torch_load(args.base_samples, "base-model samples")
-    if list(samples["prompts"]) != list(base["prompts"]):
-        raise ValueError("run and base samples use different prompts")
-    rewards = {name: suite.reward(name) for name in cfg.rewards}
-    extractors = suite.feature_extractors(cfg.eval.features)
-    rows = []
-    base_images = stored_images_as_float(base["images"][0])
-    for step, images in zip(samples["steps"], samples["images"]):
-        values = step_metrics(stored_images_as_float(images), base_images, samples["prompts"],
-                              rewards, extractors, suite.reference_images, suite.extra_metrics)
-        rows += [{"reward": cfg.reward, "method": cfg.method["name"], "seed": cfg.seed,
-                  "step": step, "metric": k, "value": v} for k, v in values.items()]
-        print(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in values.items()), flush=True)
-    with atomic_path(args.out) as tmp:
-        pd.DataFrame(rows).to_csv(tmp, index=False)
+    score_run(cfg, build_suite(cfg, resolve_device("auto")), args.samples, args.base_samples,
+              args.out)
 
 
 def cmd_bench(args) -> None:
@@ -350,6 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-csv", required=True, help="output: per-update training log")
     p.add_argument("--samples", required=True, help="output: evaluation samples per eval step")
     p.add_argument("--provenance", help="output: provenance JSON")
+    p.add_argument("--base-samples", help="the base model's evaluation samples (with --metrics)")
+    p.add_argument("--metrics", help="output: every metric of the evaluation samples, as "
+                                     "`vggflow metrics` writes it (with --base-samples)")
     p.add_argument("--stop-after", type=int, default=None,
                    help="save the state and exit after this many updates (exit code 130)")
     p.add_argument("--attempt", type=int, default=1,
@@ -380,7 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="JSON with achieved vs exact values")
     p.add_argument("--figure", required=True, help="PNG of achieved vs exact")
 
-    p = command("metrics", cmd_metrics, "reward, diversity and FD of a run's samples")
+    p = command("metrics", cmd_metrics,
+                "reward, diversity and FD of a run's samples (the train job writes them; this "
+                "scores samples again, e.g. after a metric changed)")
     p.add_argument("--config", required=True)
     p.add_argument("--samples", required=True)
     p.add_argument("--base-samples", required=True)

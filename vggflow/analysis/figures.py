@@ -108,18 +108,41 @@ def _check_indices(name: str, indices: Iterable[int], size: int) -> list[int]:
     return indices
 
 
-def _show(ax, image: np.ndarray) -> None:
-    """Draw one (C, H, W) image, in [0, 1] or uint8 levels, without ticks: grey colormap for
-    C = 1."""
-    scale = 255.0 if image.dtype == np.uint8 else 1.0
-    image = np.clip(np.asarray(image, dtype=np.float32) / scale, 0.0, 1.0)
-    interpolation = "nearest" if max(image.shape[1:]) <= TINY_PX else "antialiased"
-    if image.shape[0] == 1:
-        ax.imshow(image[0], cmap="gray", vmin=0.0, vmax=1.0, interpolation=interpolation)
-    else:
-        ax.imshow(image.transpose(1, 2, 0), interpolation=interpolation)
-    ax.set_xticks([])
-    ax.set_yticks([])
+def mosaic(tiles: np.ndarray) -> np.ndarray:
+    """Tiles (R, C, ch, H, W), in [0, 1] or uint8 levels, as one (R, C) image grid in [0, 1]
+    with white gaps of max(1, H // 8) pixels: (R H + (R - 1) gap, C W + (C - 1) gap) for ch = 1,
+    with a trailing channel axis for ch = 3. One image per block keeps a figure of hundreds of
+    samples to a few axes (matplotlib's layout and drawing cost grows with the axes)."""
+    rows, cols, channels, height, width = tiles.shape
+    scale = 255.0 if tiles.dtype == np.uint8 else 1.0
+    tiles = np.clip(np.asarray(tiles, dtype=np.float32) / scale, 0.0, 1.0)
+    gap = max(1, height // 8)
+    grid = np.ones((channels, rows * (height + gap) - gap, cols * (width + gap) - gap),
+                   dtype=np.float32)
+    for r in range(rows):
+        for c in range(cols):
+            top, left = r * (height + gap), c * (width + gap)
+            grid[:, top:top + height, left:left + width] = tiles[r, c]
+    return grid[0] if channels == 1 else grid.transpose(1, 2, 0)
+
+
+def _show_mosaic(ax, tiles: np.ndarray, row_labels: Sequence[str] | None = None,
+                 column_labels: Sequence[str] | None = None) -> None:
+    """Draw :func:`mosaic` of ``tiles`` on one axes (grey colormap for one channel, nearest-
+    neighbour interpolation for tiles up to TINY_PX), labels at the tiles' centres."""
+    rows, cols, channels, height, width = tiles.shape
+    interpolation = "nearest" if max(height, width) <= TINY_PX else "antialiased"
+    grey = {"cmap": "gray", "vmin": 0.0, "vmax": 1.0} if channels == 1 else {}
+    ax.imshow(mosaic(tiles), interpolation=interpolation, **grey)
+    gap = max(1, height // 8)
+    ax.set_yticks([r * (height + gap) + (height - 1) / 2 for r in range(rows)] if row_labels
+                  else [], row_labels or [], fontsize=7)
+    ax.set_xticks([c * (width + gap) + (width - 1) / 2 for c in range(cols)] if column_labels
+                  else [], column_labels or [], fontsize=9)
+    ax.tick_params(length=0, labeltop=True, labelbottom=False)
+    ax.grid(False)  # the plots' style draws grid lines at ticks
+    for spine in ax.spines.values():
+        spine.set_visible(False)
 
 
 def sample_evolution(samples: dict, path: str | Path, prompt_index: int = 0,
@@ -135,14 +158,11 @@ def sample_evolution(samples: dict, path: str | Path, prompt_index: int = 0,
     prompt_index = _check_indices("prompt index", [prompt_index], images.shape[1])[0]
     rows = _check_indices("image indices", image_indices, images.shape[2])
     steps = list(samples["steps"])
-    fig, axes = plt.subplots(len(rows), len(steps), squeeze=False, layout="constrained",
-                             figsize=(CELL_IN * len(steps) + 0.4, CELL_IN * len(rows) + 0.5))
-    for r, j in enumerate(rows):
-        for c, step in enumerate(steps):
-            _show(axes[r][c], images[c, prompt_index, j])
-            if r == 0:
-                axes[r][c].set_title(f"step {step}", fontsize=9)
-        axes[r][0].set_ylabel(f"noise {j}", fontsize=9)
+    fig, ax = plt.subplots(layout="constrained",
+                           figsize=(CELL_IN * len(steps) + 0.6, CELL_IN * len(rows) + 0.6))
+    tiles = np.stack([np.asarray(images[:, prompt_index, j]) for j in rows])  # (rows, steps, ...)
+    _show_mosaic(ax, tiles, row_labels=[f"noise {j}" for j in rows],
+                 column_labels=[f"step {step}" for step in steps])
     fig.suptitle(title if title is not None else
                  textwrap.shorten(str(samples["prompts"][prompt_index]), 90))
     _save(fig, path)
@@ -188,18 +208,15 @@ def method_grid(samples_by_method: dict[str, dict], steps: dict[str, int],
     if not 1 <= images_per_prompt <= smallest:
         raise ValueError(f"images_per_prompt {images_per_prompt} not in [1, {smallest}]")
 
-    fig = plt.figure(layout="constrained", figsize=(
+    fig, axes = plt.subplots(1, len(blocks), squeeze=False, layout="constrained", figsize=(
         (CELL_IN * images_per_prompt + 0.3) * len(blocks) + 0.6, CELL_IN * len(prompts) + 0.9))
-    for subfig, (method, images) in zip(fig.subfigures(1, len(blocks), squeeze=False)[0], blocks):
-        subfig.suptitle(f"{label(method)}\nstep {steps[method]}, reward {rewards[method]:.3g}",
-                        fontsize=9)
-        axes = subfig.subplots(len(prompts), images_per_prompt, squeeze=False)
-        for r, p in enumerate(prompts):
-            for c in range(images_per_prompt):
-                _show(axes[r][c], images[p, c])
-            if method == blocks[0][0]:
-                axes[r][0].set_ylabel(textwrap.fill(textwrap.shorten(
-                    str(reference["prompts"][p]), 60), 20), fontsize=7)
+    prompt_labels = [textwrap.fill(textwrap.shorten(str(reference["prompts"][p]), 60), 20)
+                     for p in prompts]
+    for index, (ax, (method, images)) in enumerate(zip(axes[0], blocks)):
+        ax.set_title(f"{label(method)}\nstep {steps[method]}, reward {rewards[method]:.3g}",
+                     fontsize=9)
+        tiles = np.stack([np.asarray(images[p, :images_per_prompt]) for p in prompts])
+        _show_mosaic(ax, tiles, row_labels=prompt_labels if index == 0 else None)
     if title is not None:
         fig.suptitle(title)
     _save(fig, path)

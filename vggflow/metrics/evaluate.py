@@ -4,11 +4,14 @@ Names (design.md 5a): ``reward_<name>`` for every reward of the suite (mean over
 images); ``diversity_<backend>``, ``fd_prior_<backend>`` (per prompt against the base model's
 images on the same noise) and ``fd_ref_<backend>`` (per prompt against the suite's real
 reference images), each averaged over prompts, for every feature network (backend) asked for.
+:func:`score_run` writes them for a run's published samples (the ``train`` job, after training,
+and ``vggflow metrics``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -62,3 +65,36 @@ def _feature_metrics(images: Tensor, base_images: Tensor, prompts: Sequence[str]
     if fd_ref:
         out[f"fd_ref_{backend}"] = float(np.mean(fd_ref))
     return out
+
+
+def score_run(cfg, suite, samples_path: str | Path, base_samples_path: str | Path,
+              out_path: str | Path) -> None:
+    """Every metric of a run's samples (``samples.pt``, read one checkpoint at a time) against
+    the base model's, one CSV row per (step, metric), written atomically to ``out_path``.
+
+    ``cfg`` is the run's ``RunConfig`` and ``suite`` its built ``Suite`` (rewards, feature
+    networks and reference images).
+    """
+    import pandas as pd
+
+    from vggflow.sampling import stored_images_as_float
+    from vggflow.utils.io import atomic_path, torch_load
+
+    samples = torch_load(samples_path, "run samples", mmap=True)
+    base = torch_load(base_samples_path, "base-model samples",
+                      "it is made by the workflow rule sample_base")
+    if list(samples["prompts"]) != list(base["prompts"]):
+        raise ValueError(f"{samples_path} and {base_samples_path} use different prompts; "
+                         "sample the base model again with the run's config (rule sample_base)")
+    rewards = {name: suite.reward(name) for name in cfg.rewards}
+    extractors = suite.feature_extractors(cfg.eval.features)
+    base_images = stored_images_as_float(base["images"][0])
+    rows = []
+    for step, images in zip(samples["steps"], samples["images"]):
+        values = step_metrics(stored_images_as_float(images), base_images, samples["prompts"],
+                              rewards, extractors, suite.reference_images, suite.extra_metrics)
+        rows += [{"reward": cfg.reward, "method": cfg.method["name"], "seed": cfg.seed,
+                  "step": step, "metric": k, "value": v} for k, v in values.items()]
+        print(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in values.items()), flush=True)
+    with atomic_path(out_path) as tmp:
+        pd.DataFrame(rows).to_csv(tmp, index=False)

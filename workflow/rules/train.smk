@@ -1,4 +1,5 @@
-# One resolved config per run, then one job per run that trains it and samples its checkpoints.
+# One resolved config per run, then one job per run that trains it, samples its checkpoints and
+# scores the samples (every reward, diversity and Fréchet distances against the base model's).
 
 
 localrules:
@@ -39,12 +40,14 @@ rule resolve_base_config:
 rule train:
     input:
         cfg="results/runs/{reward}/{method}/seed{seed}/config.yaml",
+        base="results/base/{reward}/samples.pt",
         resources=suite_files,
     output:
         lora=directory("results/runs/{reward}/{method}/seed{seed}/lora"),
         log_csv="results/runs/{reward}/{method}/seed{seed}/train_log.csv",
         samples="results/runs/{reward}/{method}/seed{seed}/samples.pt",
         provenance="results/runs/{reward}/{method}/seed{seed}/provenance.json",
+        metrics="results/metrics/{reward}/{method}/seed{seed}.csv",
     log:
         "logs/train/{reward}/{method}/seed{seed}.log",
     benchmark:
@@ -64,7 +67,8 @@ rule train:
     shell:
         "{params.launcher} -m vggflow train --config {input.cfg} --state-dir {params.state}"
         " --lora-dir {output.lora} --log-csv {output.log_csv} --samples {output.samples}"
-        " --provenance {output.provenance} --threads {threads} {params.divergence}"
+        " --provenance {output.provenance} --base-samples {input.base}"
+        " --metrics {output.metrics} --threads {threads} {params.divergence}"
         " --attempt {resources.attempt} > {log} 2>&1"
 
 
