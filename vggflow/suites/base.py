@@ -20,7 +20,7 @@ class Suite(Protocol):
     """A flow model + rewards + prompts + a feature network for the metrics.
 
     Built from the ``resources`` block of a resolved config by ``SUITES.get(name)``; parts load
-    lazily, so the metrics job never loads the flow model.
+    lazily, so `vggflow metrics` never loads the flow model.
 
     Example::
 
