@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -19,6 +20,10 @@ from torch import Tensor
 
 from vggflow.metrics.diversity import diversity
 from vggflow.metrics.frechet import frechet_distance
+
+if TYPE_CHECKING:
+    from vggflow.config import RunConfig
+    from vggflow.suites.base import Suite
 
 
 def step_metrics(
@@ -67,13 +72,12 @@ def _feature_metrics(images: Tensor, base_images: Tensor, prompts: Sequence[str]
     return out
 
 
-def score_run(cfg, suite, samples_path: str | Path, base_samples_path: str | Path,
-              out_path: str | Path) -> None:
+def score_run(cfg: RunConfig, suite: Suite, samples_path: str | Path,
+              base_samples_path: str | Path, out_path: str | Path) -> None:
     """Every metric of a run's samples (``samples.pt``, read one checkpoint at a time) against
     the base model's, one CSV row per (step, metric), written atomically to ``out_path``.
 
-    ``cfg`` is the run's ``RunConfig`` and ``suite`` its built ``Suite`` (rewards, feature
-    networks and reference images).
+    ``suite`` is the run's built suite (its rewards, feature networks and reference images).
     """
     import pandas as pd
 
