@@ -151,7 +151,8 @@ def test_value_gradient_jvp_equals_the_jvp_of_the_whole_g(make_run_config, chunk
                 + method.value_net(y, s, batch.guidance.cond))
 
     want_g, want_dg = torch.func.jvp(g_by_hand, (batch.x, batch.t), (direction, ones))
-    g, dg = method._value_gradient_jvp(batch, direction, reward_grad)
+    g_fn = method.value_gradient_fn(v_theta, batch.guidance, batch.prompts)  # `evaluated`'s
+    g, dg = method._value_gradient_jvp(batch, direction, reward_grad, g_fn)
     torch.testing.assert_close(g, want_g, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(dg, want_dg, rtol=1e-4, atol=1e-5 * want_dg.abs().max().item())
     params = list(method.value_net.parameters())

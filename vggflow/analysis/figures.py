@@ -108,6 +108,11 @@ def _check_indices(name: str, indices: Iterable[int], size: int) -> list[int]:
     return indices
 
 
+def _mosaic_gap(height: int) -> int:
+    """White pixels between the tiles of a mosaic of tiles ``height`` pixels high."""
+    return max(1, height // 8)
+
+
 def mosaic(tiles: np.ndarray) -> np.ndarray:
     """Tiles (R, C, ch, H, W), in [0, 1] or uint8 levels, as one (R, C) image grid in [0, 1]
     with white gaps of max(1, H // 8) pixels: (R H + (R - 1) gap, C W + (C - 1) gap) for ch = 1,
@@ -116,7 +121,7 @@ def mosaic(tiles: np.ndarray) -> np.ndarray:
     rows, cols, channels, height, width = tiles.shape
     scale = 255.0 if tiles.dtype == np.uint8 else 1.0
     tiles = np.clip(np.asarray(tiles, dtype=np.float32) / scale, 0.0, 1.0)
-    gap = max(1, height // 8)
+    gap = _mosaic_gap(height)
     grid = np.ones((channels, rows * (height + gap) - gap, cols * (width + gap) - gap),
                    dtype=np.float32)
     for r in range(rows):
@@ -134,7 +139,7 @@ def _show_mosaic(ax, tiles: np.ndarray, row_labels: Sequence[str] | None = None,
     interpolation = "nearest" if max(height, width) <= TINY_PX else "antialiased"
     grey = {"cmap": "gray", "vmin": 0.0, "vmax": 1.0} if channels == 1 else {}
     ax.imshow(mosaic(tiles), interpolation=interpolation, **grey)
-    gap = max(1, height // 8)
+    gap = _mosaic_gap(height)
     ax.set_yticks([r * (height + gap) + (height - 1) / 2 for r in range(rows)] if row_labels
                   else [], row_labels or [], fontsize=7)
     ax.set_xticks([c * (width + gap) + (width - 1) / 2 for c in range(cols)] if column_labels

@@ -9,8 +9,10 @@ Paper convention (t = 1 is data). With g_phi ~ grad V and beta = 1 / lambda:
   computes exactly this) and ``evaluated`` takes v_theta at each point (the paper's finite
   differences);
 * consistency (Eq. 12): R = d_t g + (grad g) w + J_{v_base}^T stopgrad(g) with
-  w = stopgrad(v_base - beta g). ``consistency: exact`` uses torch.func (a jvp of g along (w, 1)
-  and a vjp of v_base); ``finite_difference`` (the paper's form, for SD3) uses central
+  w = stopgrad(v_base - beta g). ``consistency: exact`` differentiates exactly: g's derivative
+  along (w, 1) is nu_phi's jvp plus, for the reward term, the reward's Hessian product along
+  x1_hat's tangent taken reverse over reverse (``evaluated``: a jvp of the whole g), and J^T g
+  is a vjp of v_base; ``finite_difference`` (the paper's form, for SD3) uses central
   differences [g(x + eps w, t + eps) - g(x - eps w, t - eps)] / (2 eps), evaluated with CUDA's
   TF32 off (a 1e-3 relative step is about two TF32 rounding units), and a J g product (equal to
   J^T g for exact Gaussian-path velocities) taken along g rescaled to unit RMS per sample:
@@ -345,19 +347,20 @@ class VGGFlow(MethodBase):
         """-eta_t * clip(grad r), g's part without parameters."""
         return -self.eta(broadcast_time(t, reward_grad)) * self._clip(reward_grad)
 
-    def _value_gradient_jvp(self, batch: Transitions, direction: Tensor,
-                            reward_grad: Tensor) -> tuple[Tensor, Tensor]:
+    def _value_gradient_jvp(
+        self, batch: Transitions, direction: Tensor, reward_grad: Tensor,
+        g_fn: Callable[[Tensor, Tensor], Tensor],
+    ) -> tuple[Tensor, Tensor]:
         """g and d_t g + (grad g) direction at the transitions: the jvp of g along
         (direction, 1). ``held``: x1_hat's tangent is direction - v_theta, so the reward term's
         derivative needs grad r's Hessian along it (:meth:`_reward_hessian_product`) and only
         nu_phi's jvp carries phi's graph; ``evaluated`` also needs the velocity's tangent and
-        takes the jvp of the whole g."""
+        takes the jvp of the whole g, ``g_fn``."""
         x, t, cond = batch.x, batch.t, batch.guidance.cond
         ones = torch.ones_like(t)
         v_theta, _ = self._velocities(batch)
         if self.settings.prediction_velocity == "evaluated":
-            return jvp(self.value_gradient_fn(v_theta, batch.guidance, batch.prompts), (x, t),
-                       (direction, ones))
+            return jvp(g_fn, (x, t), (direction, ones))
         hessian_product = self._reward_hessian_product(x, t, v_theta, direction - v_theta,
                                                        batch.prompts)
         reward_term, reward_term_derivative = jvp(self._reward_term, (t, reward_grad),
@@ -421,7 +424,7 @@ class VGGFlow(MethodBase):
         direction = v_base - beta * g0
         if self.settings.consistency == "exact":
             with region("vggflow/g_derivative"):
-                g, dg = self._value_gradient_jvp(batch, direction, reward_grad)
+                g, dg = self._value_gradient_jvp(batch, direction, reward_grad, g_fn)
             x_in = x.detach().requires_grad_(True)
             with region("vggflow/base_jacobian"), torch.enable_grad():
                 v_in = batch.guidance.velocity(self.model.base_velocity, x_in, t)
