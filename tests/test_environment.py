@@ -1,6 +1,9 @@
 """environment.yml and workflow/envs/*.yaml pin the same versions as pyproject.toml."""
 
+import os
 import re
+import shutil
+import subprocess
 
 import tomllib
 import yaml
@@ -49,3 +52,17 @@ def test_workflow_envs_pin_the_same_versions():
         assert found, path
         for name, version in found.items():
             assert expected.get(name) == version, (path.name, name, version)
+
+
+def test_setup_stops_before_installing_when_the_disk_is_too_full(tmp_path):
+    """A new .venv that cannot fit fails at once with a message, and nothing is half-installed."""
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(REPO / "scripts/setup.sh", tmp_path / "scripts/setup.sh")
+    shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
+    env = {**os.environ, "VGGFLOW_SETUP_NEED_GIB": str(10**9)}
+    done = subprocess.run(
+        ["bash", str(tmp_path / "scripts/setup.sh")], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "MiB free on the disk" in done.stderr and "Free some space" in done.stderr
+    assert not (tmp_path / ".venv").exists()
