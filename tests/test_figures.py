@@ -241,3 +241,36 @@ def test_method_grid_rejects_bad_inputs(tmp_path):
         method_grid({**samples, "refl": other}, {"vggflow": 5, "refl": 5},
                     {"vggflow": 1.0, "refl": 1.0}, path)
     assert not path.exists()
+
+
+def test_paper_theme_is_seaborns_without_importing_it():
+    """Figures get seaborn's paper theme from PAPER_THEME (seaborn's import costs 2-3 s per figure
+    job): the same rcParams as sns.set_theme sets, colour cycle included, and a figure made in a
+    fresh process does not import seaborn."""
+    import subprocess
+    import sys
+
+    import matplotlib
+    import seaborn as sns
+
+    from vggflow.analysis.plots import _pyplot
+
+    def theme(apply) -> dict:
+        with matplotlib.rc_context():
+            matplotlib.rcdefaults()
+            apply()
+            params = dict(matplotlib.rcParams)
+        params["axes.prop_cycle"] = [to_hex(c) for c in params["axes.prop_cycle"].by_key()["color"]]
+        return params
+
+    want = theme(lambda: sns.set_theme(context="paper", style="whitegrid", font_scale=1.1))
+    got = theme(_pyplot)
+    defaults = theme(lambda: None)
+    # not the theme's: the backend (_pyplot picks Agg) and seaborn's own default colour map
+    changed = {key for key in want if want[key] != defaults[key]} - {"backend", "image.cmap"}
+    assert len(changed) > 30
+    assert {key: got[key] for key in changed} == {key: want[key] for key in changed}
+    fresh = ("import sys; from vggflow.analysis.plots import _pyplot; "
+             "_pyplot().subplots(); print('seaborn' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", fresh], capture_output=True, text=True)
+    assert done.stdout.strip() == "False", done.stderr

@@ -32,6 +32,7 @@ from vggflow.config import ConfigError, RunConfig
 from vggflow.distributed import collective_for, local_device, micro_batch_generator
 from vggflow.methods import METHODS, load_builtin_methods
 from vggflow.methods.base import Method, WeightedChunks
+from vggflow.optim import AdamW
 from vggflow.regions import region
 from vggflow.sampling import Guidance, images_for_storage, sample_images
 from vggflow.suites import SUITES, Suite, load_builtin_suites
@@ -195,11 +196,10 @@ class Trainer:
         fused = self.device.startswith("cuda") if fused is None else fused
         for name, module in self.modules.items():
             settings = self.method.optimizer_settings(name)
-            self.optimizers[name] = torch.optim.AdamW(
-                list(trainable_parameters(module).values()), lr=settings.lr,
+            self.optimizers[name] = AdamW(
+                trainable_parameters(module).values(), lr=settings.lr,
                 betas=tuple(settings.adam_betas), weight_decay=settings.weight_decay,
-                fused=fused or None,
-            )
+                fused=fused)
         self.times = self.model.time_grid(cfg.sampler.num_steps).to(self.device)
         self.train_prompts = self.suite.train_prompts()
         self.step = 0

@@ -6,21 +6,27 @@ from pathlib import Path
 
 import pandas as pd
 
-from vggflow.analysis.style import BASE, PALETTE, label, metric_family, ordered_methods
+from vggflow.analysis.style import (
+    BASE,
+    PALETTE,
+    PAPER_THEME,
+    label,
+    metric_family,
+    ordered_methods,
+)
 
 MARKERS = "osD^v<>p"  # one per variant when several methods share a trajectory plot
 
 
 def _pyplot():
-    """matplotlib.pyplot on the non-interactive Agg backend, with seaborn's paper theme (one
-    look for every figure; imported lazily: it is slow)."""
+    """matplotlib.pyplot on the non-interactive Agg backend, with seaborn's paper theme
+    (``PAPER_THEME``: one look for every figure; imported lazily: it is slow)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import seaborn as sns
 
-    sns.set_theme(context="paper", style="whitegrid", font_scale=1.1)
+    plt.rcParams.update(PAPER_THEME)
     return plt
 
 
