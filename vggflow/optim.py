@@ -51,8 +51,8 @@ class AdamW:
         beta1, beta2 = self.group["betas"]
         adam([self.params[i] for i in indices], [self.params[i].grad for i in indices],
              [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], [],
-             [s["step"] for s in states], foreach=False if not self.group["fused"] else None,
-             fused=self.group["fused"], decoupled_weight_decay=True, amsgrad=False,
+             [s["step"] for s in states], foreach=False, fused=bool(self.group["fused"]),
+             decoupled_weight_decay=True, amsgrad=False,
              beta1=beta1, beta2=beta2, lr=self.group["lr"],
              weight_decay=self.group["weight_decay"], eps=self.group["eps"], maximize=False)
 
