@@ -30,15 +30,15 @@ class AdamW:
                       "decoupled_weight_decay": True}
         self.state: dict[int, dict[str, Tensor]] = {}
 
+    def _step_device(self, param: Tensor) -> torch.device:
+        """Where torch keeps a parameter's step count: on the CPU, on the parameter's device
+        when fused."""
+        return param.device if self.group["fused"] else torch.device("cpu")
+
     def _new_state(self, param: Tensor) -> dict[str, Tensor]:
-        """torch's lazy initialisation: the step count a float32 scalar on the CPU (on the
-        parameter's device when fused), both moments zero."""
-        if self.group["fused"]:
-            step = torch.zeros((), dtype=torch.float32, device=param.device)
-        else:
-            step = torch.tensor(0.0, dtype=torch.float32)
-        return {"step": step, "exp_avg": torch.zeros_like(param),
-                "exp_avg_sq": torch.zeros_like(param)}
+        """torch's lazy initialisation: the step count a float32 zero, both moments zero."""
+        return {"step": torch.zeros((), dtype=torch.float32, device=self._step_device(param)),
+                "exp_avg": torch.zeros_like(param), "exp_avg_sq": torch.zeros_like(param)}
 
     @torch.no_grad()
     def step(self) -> None:
@@ -74,8 +74,10 @@ class AdamW:
         self.group["betas"] = tuple(self.group["betas"])
         self.state = {}
         for position, saved in state_dict["state"].items():
-            param = self.params[group["params"].index(position)]
-            fresh = self._new_state(param)
-            self.state[group["params"].index(position)] = {
-                key: value.to(device=fresh[key].device, dtype=fresh[key].dtype, copy=True)
+            index = group["params"].index(position)
+            param = self.params[index]
+            self.state[index] = {
+                key: (value.to(device=self._step_device(param), dtype=torch.float32, copy=True)
+                      if key == "step" else
+                      value.to(device=param.device, dtype=param.dtype, copy=True))
                 for key, value in saved.items()}

@@ -30,8 +30,13 @@ PALETTE = {
 # seaborn itself), set without importing seaborn, which costs 2-3 s per figure job on the CPU.
 # Its default colour map, seaborn's own "rocket", is left out: no figure uses a default map.
 _PAPER_FONT = 12 * 0.8 * 1.1  # seaborn's "notebook" font size, x 0.8 for "paper", x font_scale
+_PAPER_SMALL_FONT = 11 * 0.8 * 1.1  # legend and tick labels
 _PAPER_LINES = 0.8  # line widths and tick sizes: "paper" (font_scale leaves them)
+# seaborn's "deep" palette, the theme's colour cycle (figures colour methods by PALETTE)
+DEEP_CYCLE = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3",
+              "#8c8c8c", "#ccb974", "#64b5cd"]
 PAPER_THEME = {
+    "axes.prop_cycle": f"cycler(color={DEEP_CYCLE!r})",
     "axes.axisbelow": True,
     "axes.edgecolor": ".8",
     "axes.grid": True,
@@ -43,7 +48,7 @@ PAPER_THEME = {
                         "sans-serif"],
     "font.size": _PAPER_FONT,
     "grid.color": ".8",
-    "legend.fontsize": 11 * 0.8 * 1.1,
+    "legend.fontsize": _PAPER_SMALL_FONT,
     "legend.title_fontsize": _PAPER_FONT,
     "lines.linewidth": 1.5 * _PAPER_LINES,
     "lines.markersize": 6 * _PAPER_LINES,
@@ -54,23 +59,19 @@ PAPER_THEME = {
     "text.color": ".15",
     "xtick.bottom": False,
     "xtick.color": ".15",
-    "xtick.labelsize": 11 * 0.8 * 1.1,
+    "xtick.labelsize": _PAPER_SMALL_FONT,
     "xtick.major.size": 6 * _PAPER_LINES,
     "xtick.major.width": 1.25 * _PAPER_LINES,
     "xtick.minor.size": 4 * _PAPER_LINES,
     "xtick.minor.width": 1 * _PAPER_LINES,
     "ytick.color": ".15",
-    "ytick.labelsize": 11 * 0.8 * 1.1,
+    "ytick.labelsize": _PAPER_SMALL_FONT,
     "ytick.left": False,
     "ytick.major.size": 6 * _PAPER_LINES,
     "ytick.major.width": 1.25 * _PAPER_LINES,
     "ytick.minor.size": 4 * _PAPER_LINES,
     "ytick.minor.width": 1 * _PAPER_LINES,
 }
-# seaborn's "deep" palette, the theme's colour cycle (figures colour methods by PALETTE)
-DEEP_CYCLE = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3",
-              "#8c8c8c", "#ccb974", "#64b5cd"]
-PAPER_THEME["axes.prop_cycle"] = f"cycler(color={DEEP_CYCLE!r})"
 
 
 def ordered_methods(methods) -> list[str]:
