@@ -25,9 +25,10 @@ def digits_resources(tmp_path_factory) -> dict:
     import numpy as np
     import torch
 
+    from vggflow.digits_data import prepare_digits
     from vggflow.models.digits import pretrain_flow
     from vggflow.rewards.digits import train_reward_net
-    from vggflow.suites.digits import load_split, prepare_digits, train_eval_net
+    from vggflow.suites.digits import load_split, train_eval_net
     from vggflow.utils.io import torch_save_atomic
 
     torch.set_num_threads(1)

@@ -1,6 +1,32 @@
+import math
+import subprocess
+import sys
+
+import numpy as np
 import torch
 
 from vggflow.suites.digits import DigitsSuite
+
+
+def test_prepare_digits_splits_by_class_without_torch(tmp_path):
+    """The split's command (the first job of every digits run) writes a stratified split
+    in [0, 1] and does not import torch (about 2.5 s of the benchmark's critical path)."""
+    out = tmp_path / "data.npz"
+    check = ("import sys; from vggflow.cli import main; "
+             f"code = main(['prepare-digits', '--out', {str(out)!r}, '--holdout-fraction', "
+             "'0.2', '--seed', '0']); print(code, 'torch' in sys.modules)")
+    run = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
+                         check=True)
+    assert run.stdout.splitlines()[-1] == "0 False", run.stdout
+    with np.load(out) as data:
+        train, held = data["train_labels"], data["heldout_labels"]
+        assert data["train_images"].shape == (len(train), 1, 8, 8)
+        assert data["train_images"].dtype == np.float32
+        assert 0 <= data["heldout_images"].min() and data["heldout_images"].max() == 1
+    assert len(held) == math.ceil(0.2 * (len(train) + len(held)))  # scikit-learn's rounding
+    train_share = np.bincount(train, minlength=10) / len(train)
+    held_share = np.bincount(held, minlength=10) / len(held)
+    assert np.abs(train_share - held_share).max() < 0.01  # stratified by class
 
 
 def test_rewards_are_differentiable_and_frozen(digits_resources):

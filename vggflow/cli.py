@@ -22,7 +22,7 @@ def _threads(args) -> None:
 def cmd_prepare_digits(args) -> None:
     import numpy as np
 
-    from vggflow.suites.digits import prepare_digits
+    from vggflow.digits_data import prepare_digits
     from vggflow.utils.io import atomic_path
 
     split = prepare_digits(args.holdout_fraction, args.seed)

@@ -28,21 +28,6 @@ from vggflow.suites.base import SUITES, RegisteredSuite
 from vggflow.utils.io import torch_load
 
 
-def prepare_digits(holdout_fraction: float, seed: int) -> dict[str, np.ndarray]:
-    """Split sklearn's digits, stratified by class; images as float32 in [0, 1], (N, 1, 8, 8)."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    digits = load_digits()
-    images = (digits.images / 16.0).astype(np.float32)[:, None]
-    labels = digits.target.astype(np.int64)
-    train_x, held_x, train_y, held_y = train_test_split(
-        images, labels, test_size=holdout_fraction, random_state=seed, stratify=labels
-    )
-    return {"train_images": train_x, "train_labels": train_y,
-            "heldout_images": held_x, "heldout_labels": held_y}
-
-
 def load_split(path: str | Path, split: str) -> tuple[Tensor, Tensor]:
     path = Path(path)
     if not path.exists():
