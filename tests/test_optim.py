@@ -101,8 +101,8 @@ open(sys.argv[1], "w").write("\\n".join(imported))
 
 def test_digits_training_does_not_import_torch_dynamo(make_run_config, tmp_path):
     """torch._dynamo's import costs 2-3.5 s per process on the 2-core CPU machine; the training
-    loop does not pull it in (torch.optim.Optimizer would). VGG-Flow's jvps do (torch.func's
-    forward-mode decompositions): not checked."""
+    loop does not pull it in (torch.optim.Optimizer would). VGG-Flow does (torch.func.grad, and
+    its jvps' zero tangents, whose shapes torch infers with Python meta kernels): not checked."""
     configs = []
     for method in ("vggflow_pmp", "adjoint_matching", "refl", "draft", "draft_lv"):
         path = tmp_path / f"{method}.yaml"
