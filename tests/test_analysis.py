@@ -62,14 +62,16 @@ def test_compute_table_per_method(tmp_path):
     assert refl["peak_memory_mb"] == 710 and refl["runs"] == 2 and refl["updates"] == 4
     write_compute_table(table, tmp_path / "m.csv", tmp_path / "m.md")
     assert "| VGG-Flow | 2 | 4 | 1.000 ± 0.000 | 905 |" in (tmp_path / "m.md").read_text()
-    # the jobs' benchmark tables add host wall time (mean) and memory (max); None: not known
-    jobs = [pd.DataFrame({"s": [wall], "max_rss": [rss]})
-            for wall, rss in ((10.0, 800.0), (20.0, 820.0), (30.0, 990.0))] + [None]
+    # the jobs' benchmark tables add host wall time (mean), their processes' peak RSS the
+    # memory (max); None: not known
+    jobs = [pd.DataFrame({"s": [wall], "max_rss": [1.0]}) for wall in (10.0, 20.0, 30.0)] + [None]
     host = compute_table([log(0.1, 700), log(0.3, 710), log(1.0, 900), log(1.0, 905)], runs,
-                         benchmarks=jobs).set_index("method")
+                         benchmarks=jobs, job_peak_rss_mb=[800.0, 820.0, None, 990.0]
+                         ).set_index("method")
     assert host.loc["refl", "job_wall_s"] == pytest.approx(15.0)
     assert host.loc["refl", "job_max_rss_mb"] == 820
     assert host.loc["vggflow", "job_wall_s"] == pytest.approx(30.0)  # the unknown job is skipped
+    assert host.loc["vggflow", "job_max_rss_mb"] == 990
 
 
 def sweep_metrics(settings: dict[str, tuple[float, ...]]) -> pd.DataFrame:

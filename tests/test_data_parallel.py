@@ -92,7 +92,9 @@ def test_the_train_rule_launches_one_process_per_gpu_of_its_resources():
         return next(line for line in result.stdout.splitlines()
                     if "-m vggflow train --config" in line)
 
-    assert command().split("Shell command: ")[-1].startswith("python -m vggflow train --config")
+    # one process: through the fork server, as .test/config/config.yaml asks (forkserver: true)
+    assert command().split("Shell command: ")[-1].startswith(
+        "python -m vggflow.forkserver train --config")
     assert "accelerate launch --multi_gpu --num_processes 4 --num_machines 1" in command(
         "--set-resources", "train:gpu=4")
     assert "--num_processes 2 " in command("--set-resources", "train:gres='gpu:a100:2'")

@@ -180,13 +180,13 @@ def cmd_train(args) -> int:
     if not trainer.is_main:  # data parallelism: rank 0 publishes
         return 0
     trainer.publish(outputs, diverged=bool(diverged))
-    if args.provenance:
-        write_provenance(cfg, trainer.device, args.provenance, **diverged)
     if args.metrics:  # in this process: a job of its own would spend seconds importing torch
         from vggflow.metrics.evaluate import score_run
 
         print(f"scoring the samples of every evaluation step -> {args.metrics}", flush=True)
         score_run(cfg, trainer.suite, args.samples, args.base_samples, args.metrics)
+    if args.provenance:  # last: its host_peak_rss_mb covers the whole job
+        write_provenance(cfg, trainer.device, args.provenance, **diverged)
     keep_published(args.state_dir, published)
     print(f"done: {trainer.step} updates in {trainer.elapsed:.1f} s of training", flush=True)
     return 0

@@ -100,11 +100,14 @@ def write_tables(data: pd.DataFrame, csv_path: str | Path, markdown_path: str | 
 
 
 def compute_table(logs: list[pd.DataFrame], runs: list[dict],
-                  benchmarks: list[pd.DataFrame | None] | None = None) -> pd.DataFrame:
+                  benchmarks: list[pd.DataFrame | None] | None = None,
+                  job_peak_rss_mb: list[float | None] | None = None) -> pd.DataFrame:
     """Per method: wall time per update, training GPU-hours per run and peak memory, from the
     runs' training logs; with ``benchmarks`` (each train job's Snakemake ``benchmark:`` table, or
-    None where there is none) also the host figures of the whole job: ``job_wall_s`` (mean;
-    start-up, training, evaluation sampling and exports) and ``job_max_rss_mb`` (max).
+    None where there is none) also ``job_wall_s``, the whole job's wall time (mean; start-up,
+    training, evaluation sampling, scoring and exports); with ``job_peak_rss_mb`` (each job
+    process's peak resident set size in MB, its provenance's ``host_peak_rss_mb``, or None) also
+    ``job_max_rss_mb`` (max): host memory, also on GPUs.
 
     ``runs[i]`` names the reward, method and seed of ``logs[i]``. Time is training only
     (``elapsed_s`` at the last update / updates, evaluation sampling excluded); ``gpu_hours`` is a
@@ -117,12 +120,13 @@ def compute_table(logs: list[pd.DataFrame], runs: list[dict],
     for index, (log, run) in enumerate(zip(logs, runs)):
         last = log.iloc[-1]
         job = benchmarks[index] if benchmarks is not None else None
+        rss = job_peak_rss_mb[index] if job_peak_rss_mb is not None else None
         rows.append({**run, "updates": int(last["step"]),
                      "seconds_per_update": last["elapsed_s"] / last["step"],
                      "gpu_hours": last["elapsed_s"] * run_processes(log) / 3600,
                      "peak_memory_mb": log["peak_memory_mb"].max(),
                      "job_wall_s": np.nan if job is None else float(job["s"].iloc[-1]),
-                     "job_max_rss_mb": np.nan if job is None else float(job["max_rss"].max())})
+                     "job_max_rss_mb": np.nan if rss is None else float(rss)})
     data = pd.DataFrame(rows)
     table = (data.groupby("method")
              .agg(runs=("seed", "size"), updates=("updates", "max"),

@@ -1,10 +1,11 @@
-"""What produced a result: git commit, package versions, torch, device, seed."""
+"""What produced a result: git commit, package versions, torch, device, seed, host memory."""
 
 from __future__ import annotations
 
 import datetime
 import importlib.metadata
 import platform
+import resource
 import subprocess
 from pathlib import Path
 
@@ -46,5 +47,8 @@ def provenance(seed: int | None, device: str) -> dict:
         "python": platform.python_version(),
         "host": platform.node(),
         "seed": seed,
+        # this process's peak resident set size so far (MB; a process forked from the fork
+        # server starts from the server's, which holds the same imports)
+        "host_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "time_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }

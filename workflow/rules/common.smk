@@ -285,10 +285,10 @@ def variant_names(runs):
     return [run["method"].partition("@")[2] for run in runs]
 
 
-def train_targets():
+def train_targets(name="train_log.csv"):
+    """Each run's train output `name` (train_log.csv, provenance.json, ...), in RUNS order."""
     return [
-        f"results/runs/{run['reward']}/{run['method']}/seed{run['seed']}/train_log.csv"
-        for run in RUNS
+        f"results/runs/{run['reward']}/{run['method']}/seed{run['seed']}/{name}" for run in RUNS
     ]
 
 
@@ -299,18 +299,22 @@ def train_benchmarks():
     ]
 
 
+# How jobs run `python -m vggflow`: directly, or through the fork server (config `forkserver`).
+VGGFLOW = "python -m vggflow.forkserver" if CONFIG["forkserver"] else "python -m vggflow"
+
+
 def train_launcher(wildcards, resources):
-    """`python`, or `accelerate launch` with one process per GPU for data-parallel training.
+    """VGGFLOW, or `accelerate launch -m vggflow` with one process per GPU (data parallelism).
 
     The GPU count is the `gpu` resource, or the count of a `gres` such as "gpu:a100:4".
     """
     gres = re.search(r"gpu(?::[^:,]+)?:(\d+)", str(resources.get("gres", "") or ""))
     gpus = int(gres.group(1)) if gres else int(resources.get("gpu", 0) or 0)
     if gpus <= 1:
-        return "python"
+        return VGGFLOW
     return (
         f"accelerate launch --multi_gpu --num_processes {gpus} --num_machines 1"
-        " --mixed_precision no --dynamo_backend no --main_process_port 0"
+        " --mixed_precision no --dynamo_backend no --main_process_port 0 -m vggflow"
     )
 
 

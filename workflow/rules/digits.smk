@@ -35,8 +35,9 @@ rule pretrain_digits:
     threads: 1
     params:
         p=DIGITS["pretrain"],
+        vggflow=VGGFLOW,
     shell:
-        "python -m vggflow pretrain-digits --data {input} --out {output} --threads {threads}"
+        "{params.vggflow} pretrain-digits --data {input} --out {output} --threads {threads}"
         " --steps {params.p[steps]} --batch-size {params.p[batch_size]} --lr {params.p[lr]}"
         " --hidden {params.p[hidden]} --depth {params.p[depth]}"
         " --label-dropout {params.p[label_dropout]} --ema-decay {params.p[ema_decay]}"
@@ -58,9 +59,10 @@ rule train_digits_reward:
     threads: 1
     params:
         steps=DIGITS["reward_steps"],
+        vggflow=VGGFLOW,
         seed=DIGITS["reward_seed"],
     shell:
-        "python -m vggflow train-digits-reward --name {wildcards.reward} --data {input}"
+        "{params.vggflow} train-digits-reward --name {wildcards.reward} --data {input}"
         " --out {output} --steps {params.steps} --seed {params.seed} --threads {threads}"
         " > {log} 2>&1"
 
@@ -79,7 +81,8 @@ rule train_digits_eval_net:
     threads: 1
     params:
         steps=DIGITS["eval_net_steps"],
+        vggflow=VGGFLOW,
         seed=DIGITS["eval_net_seed"],
     shell:
-        "python -m vggflow train-digits-evalnet --data {input} --out {output}"
+        "{params.vggflow} train-digits-evalnet --data {input} --out {output}"
         " --steps {params.steps} --seed {params.seed} --threads {threads} > {log} 2>&1"

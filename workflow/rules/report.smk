@@ -97,7 +97,8 @@ rule plot_tradeoff:
 
 rule make_compute_table:
     input:
-        train_targets(),
+        logs=train_targets(),
+        provenance=train_targets("provenance.json"),
     output:
         csv=report(
             "results/bench/methods.csv",

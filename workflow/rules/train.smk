@@ -65,7 +65,7 @@ rule train:
         divergence=divergence_flag,
         launcher=train_launcher,
     shell:
-        "{params.launcher} -m vggflow train --config {input.cfg} --state-dir {params.state}"
+        "{params.launcher} train --config {input.cfg} --state-dir {params.state}"
         " --lora-dir {output.lora} --log-csv {output.log_csv} --samples {output.samples}"
         " --provenance {output.provenance} --base-samples {input.base}"
         " --metrics {output.metrics} --threads {threads} {params.divergence}"
@@ -85,6 +85,8 @@ rule sample_base:
     conda:
         "../envs/vggflow.yaml"
     threads: 1
+    params:
+        vggflow=VGGFLOW,
     shell:
-        "python -m vggflow sample-base --config {input.cfg} --out {output} --threads {threads}"
+        "{params.vggflow} sample-base --config {input.cfg} --out {output} --threads {threads}"
         " > {log} 2>&1"
