@@ -100,6 +100,12 @@ def test_served_runs_write_what_direct_runs_write(env, run_files, tmp_path):
                                           columns=measured))
     # another environment (threads read when torch is imported) has no server yet
     assert ping({**env, "OMP_NUM_THREADS": "2"}) is None
+    # inside a SLURM job the command runs in the job's own process, confined to its allocation
+    in_job = forkserver(*train_command(cfg, base, tmp_path / "slurm"), env={
+        **env, "SLURM_JOB_ID": "1"})
+    assert in_job.returncode == 0 and ping(env) == (pid, served + 1), in_job.stderr
+    assert (tmp_path / "slurm/samples.pt").read_bytes() == (tmp_path / "direct/samples.pt"
+                                                           ).read_bytes()
 
 
 def test_exit_status_streams_and_signals_reach_the_caller(env, make_run_config, run_files,

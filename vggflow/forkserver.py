@@ -20,8 +20,9 @@ forked from a server that has imported them once:
 
 Whatever goes wrong with the server, the command runs in the caller's own process instead, so
 results never depend on it; ``tests/test_forkserver.py`` checks that served and unserved runs
-write the same bytes. Use it on one machine (the default CPU benchmark); on SLURM each job has a
-node of its own and nothing to share.
+write the same bytes. It is for one machine (the default CPU benchmark): inside a SLURM job
+(``SLURM_JOB_ID`` set) the command always runs in the job's own process, which SLURM confines to
+the job's allocation and ends with it.
 
 ``python -m vggflow.forkserver --ping`` prints the server of this environment (pid and commands
 served) and exits 0, or exits 1 when there is none.
@@ -132,8 +133,11 @@ def _receive_exactly(conn: socket.socket, size: int) -> bytes | None:
 def run(argv: list[str]) -> int:
     """Run ``python -m vggflow ARGV`` through this environment's server; its exit status.
 
-    Without a usable server this process becomes the command (``exec``) and never returns.
+    Without a usable server this process becomes the command (``exec``) and never returns; so
+    it does in a SLURM job, whose processes must stay in the job's own allocation.
     """
+    if "SLURM_JOB_ID" in os.environ:
+        _run_here(argv)
     try:
         path = socket_path()
     except OSError as error:
