@@ -60,6 +60,7 @@ DEFAULT_IDLE_S = 120.0
 START_TIMEOUT_S = 30.0  # the longest a caller waits for its fork to report its pid
 EXIT_FORMAT = "!i"  # the exit status, or minus the signal that ended the command
 GO = b"g"  # the caller's go-ahead: it will forward signals and wait
+MAX_SOCKET_PATH = 107  # bytes of a Unix socket's path on Linux
 
 
 def _server_key() -> str:
@@ -85,7 +86,10 @@ def socket_path() -> Path:
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     if directory.stat().st_uid != os.getuid():
         raise PermissionError(f"{directory} belongs to another user")
-    return directory / f"{_server_key()}.sock"
+    path = directory / f"{_server_key()}.sock"
+    if len(os.fsencode(path)) > MAX_SOCKET_PATH - 8:  # room for the server's staging suffix
+        raise OSError(f"socket path {path} too long; set VGGFLOW_FORKSERVER_DIR to a short folder")
+    return path
 
 
 # ------------------------------------------------------------------------------------ caller
@@ -161,8 +165,15 @@ def run(argv: list[str]) -> int:
         client.close()
         _run_here(argv)
     pid = struct.unpack("!i", reply)[0]
+
+    def forward(signum, frame) -> None:
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:  # it has just ended; its status is on the way
+            pass
+
     for sig in FORWARDED_SIGNALS:
-        signal.signal(sig, lambda signum, frame: os.kill(pid, signum))
+        signal.signal(sig, forward)
     client.settimeout(None)
     try:
         client.sendall(GO)
@@ -197,7 +208,11 @@ def _is_open(fd: int) -> bool:
 
 
 def ping() -> int:
-    path = socket_path()
+    try:
+        path = socket_path()
+    except OSError as error:
+        print(f"forkserver: {error}")
+        return 1
     client = _connect(path)
     if client is None:
         print(f"no server for this environment ({path})")
@@ -226,7 +241,7 @@ def serve(path: Path) -> None:
         for name in PRELOAD:
             importlib.import_module(name)
         idle = float(os.environ.get("VGGFLOW_FORKSERVER_IDLE_S", DEFAULT_IDLE_S))
-        staging = path.with_name(f"{path.name}.{os.getpid()}")
+        staging = path.with_name(f"{path.name}.{os.getpid()}")  # pids have at most 7 digits
         staging.unlink(missing_ok=True)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         listener.bind(str(staging))

@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib
 from collections.abc import Callable, Iterator
 
 import torch
@@ -185,6 +186,10 @@ class VGGFlow(MethodBase):
                 f"'evaluated' with consistency: finite_difference re-evaluates the flow model at "
                 f"steps of fd_eps ({self.settings.fd_eps:g}), which {dtype} does not resolve; use "
                 f"model.dtype float32 or prediction_velocity: held")
+        # what torch.func's transforms import at their first call (about 2.5 s on a 2-core CPU):
+        # imported here, so that the first update's time does not include it
+        for module in ("torch._dynamo", "torch._decomp.decompositions_for_jvp"):
+            importlib.import_module(module)
         self.model = suite.flow_model
         self.reward = suite.reward(cfg.reward)
         self.value_net = suite.value_network()
