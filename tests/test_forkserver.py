@@ -4,6 +4,8 @@ exits when idle."""
 
 from __future__ import annotations
 
+import importlib.machinery
+import importlib.util
 import os
 import re
 import shutil
@@ -18,6 +20,7 @@ import pandas as pd
 import pytest
 from conftest import run_cli
 
+from vggflow import forkserver as forkserver_module
 from vggflow.config import write_yaml_atomic
 from vggflow.train import INTERRUPTED_EXIT_CODE, STATE_FILE
 
@@ -157,3 +160,34 @@ def test_an_idle_server_exits_and_removes_its_socket(env):
         assert time.monotonic() < deadline, "the server did not exit"
         time.sleep(0.5)
     assert not list(Path(env["VGGFLOW_FORKSERVER_DIR"]).glob("*.sock"))
+
+
+def test_a_server_serves_only_callers_with_its_cpus_and_installed_torch(monkeypatch, tmp_path):
+    key = forkserver_module._server_key()
+    assert forkserver_module._server_key() == key
+    with monkeypatch.context() as patch:  # e.g. `taskset -c 1 snakemake ...`
+        patch.setattr(os, "sched_getaffinity", lambda pid: {99})
+        assert forkserver_module._server_key() != key
+    fake_torch = tmp_path / "torch" / "__init__.py"
+    fake_torch.parent.mkdir()
+    fake_torch.write_text("")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: importlib.machinery.ModuleSpec(
+        name, None, origin=str(fake_torch)))
+    installed = forkserver_module._server_key()
+    assert installed != key
+    os.utime(fake_torch, ns=(0, 10**18))  # torch reinstalled while its server waits
+    assert forkserver_module._server_key() != installed
+
+
+def test_other_systems_than_linux_run_the_command_in_its_own_process(monkeypatch):
+    class RanHere(Exception):
+        pass
+
+    def run_here(argv):
+        raise RanHere(argv)
+
+    monkeypatch.setattr(sys, "platform", "darwin")
+    monkeypatch.setattr(forkserver_module, "_run_here", run_here)
+    monkeypatch.setattr(forkserver_module, "_connect", lambda path: pytest.fail("connected"))
+    with pytest.raises(RanHere, match="--help"):
+        forkserver_module.run(["--help"])

@@ -10,19 +10,21 @@ forked from a server that has imported them once:
   environment, umask and standard streams; the caller forwards its signals (SIGINT, SIGTERM,
   SIGUSR1, ...) to it, exits with its exit status, and if the caller is killed the command gets
   SIGTERM (the trainer then saves its state);
-* a server only serves callers with its interpreter, working directory, interpreter flags and
-  the environment variables read while torch is imported (threads, CUDA, ``PYTHON*``...): any
-  other caller starts its own server. The package's modules are imported afresh in every fork,
-  so edited code is used at once;
+* a server only serves callers with its interpreter, working directory, interpreter flags,
+  CPU affinity, installed torch (its files' size and time) and the environment variables read
+  while torch is imported (threads, CUDA, ``PYTHON*``...): any other caller starts its own
+  server. The package's modules are imported afresh in every fork, so edited code is used at
+  once;
 * a server exits after ``VGGFLOW_FORKSERVER_IDLE_S`` seconds (default 120) without a command.
   Its socket lives in ``VGGFLOW_FORKSERVER_DIR`` (default: ``$XDG_RUNTIME_DIR/vggflow`` or
   ``/tmp/vggflow-<uid>``, mode 0700).
 
 Whatever goes wrong with the server, the command runs in the caller's own process instead, so
 results never depend on it; ``tests/test_forkserver.py`` checks that served and unserved runs
-write the same bytes. It is for one machine (the default CPU benchmark): inside a SLURM job
-(``SLURM_JOB_ID`` set) the command always runs in the job's own process, which SLURM confines to
-the job's allocation and ends with it.
+write the same bytes. It is for one Linux machine (the default CPU benchmark): inside a SLURM
+job (``SLURM_JOB_ID`` set) the command always runs in the job's own process, which SLURM confines
+to the job's allocation and ends with it, and so it does on other systems (on macOS a fork of a
+process that has imported torch is not safe).
 
 ``python -m vggflow.forkserver --ping`` prints the server of this environment (pid and commands
 served) and exits 0, or exits 1 when there is none.
@@ -34,6 +36,8 @@ import array
 import atexit
 import fcntl
 import hashlib
+import importlib
+import importlib.util
 import io
 import json
 import os
@@ -69,8 +73,22 @@ def _server_key() -> str:
     identity = {"executable": os.path.realpath(sys.executable), "prefix": sys.prefix,
                 "cwd": os.getcwd(), "flags": repr(sys.flags), "xoptions": sys._xoptions,
                 "environment": sorted(environment.items()),
+                "cpus": sorted(os.sched_getaffinity(0)) if sys.platform == "linux" else None,
+                "installed": _installed_files(),
                 "server": Path(__file__).stat().st_mtime_ns}
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def _installed_files() -> list[list]:
+    """Path, size and modification time of each preloaded package's ``__init__``: a reinstall
+    (another torch in the same environment) changes them, and so the server."""
+    files = []
+    for name in sorted({module.split(".")[0] for module in PRELOAD}):
+        spec = importlib.util.find_spec(name)  # a top-level name: found, not imported
+        origin = Path(spec.origin) if spec and spec.origin else None
+        stat = origin.stat() if origin and origin.is_file() else None
+        files.append([name, str(origin), stat and stat.st_size, stat and stat.st_mtime_ns])
+    return files
 
 
 def socket_dir() -> Path:
@@ -138,9 +156,10 @@ def run(argv: list[str]) -> int:
     """Run ``python -m vggflow ARGV`` through this environment's server; its exit status.
 
     Without a usable server this process becomes the command (``exec``) and never returns; so
-    it does in a SLURM job, whose processes must stay in the job's own allocation.
+    it does in a SLURM job, whose processes must stay in the job's own allocation, and on any
+    system but Linux.
     """
-    if "SLURM_JOB_ID" in os.environ:
+    if "SLURM_JOB_ID" in os.environ or sys.platform != "linux":
         _run_here(argv)
     try:
         path = socket_path()
@@ -236,8 +255,6 @@ def serve(path: Path) -> None:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return  # another server is starting or serving this environment
-        import importlib
-
         for name in PRELOAD:
             importlib.import_module(name)
         idle = float(os.environ.get("VGGFLOW_FORKSERVER_IDLE_S", DEFAULT_IDLE_S))
