@@ -17,7 +17,6 @@ import hashlib
 import json
 import math
 import pickle
-import resource
 import shutil
 import signal
 import sys
@@ -43,6 +42,7 @@ from vggflow.utils.io import (
     link_atomic,
     torch_save_atomic,
 )
+from vggflow.utils.provenance import host_peak_rss_mb, provenance
 from vggflow.utils.seeding import (
     capture_rng_state,
     configure_torch,
@@ -126,7 +126,7 @@ def trainable_parameters(module: torch.nn.Module) -> dict[str, torch.nn.Paramete
 def peak_memory_mb(device: str) -> float:
     if device.startswith("cuda"):
         return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return host_peak_rss_mb()
 
 
 def _write_csv_rows(path: Path, mode: str, rows: list[dict], fields: list[str],
@@ -458,8 +458,6 @@ class Trainer:
 
 
 def write_provenance(cfg: RunConfig, device: str, path: str | Path, **extra) -> None:
-    from vggflow.utils.provenance import provenance
-
     info = {**provenance(cfg.seed, device), **extra}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(info, indent=2) + "\n")

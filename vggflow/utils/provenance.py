@@ -23,6 +23,11 @@ def _git(*args: str) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
+def host_peak_rss_mb() -> float:
+    """This process's peak resident set size so far, in MB (Linux's ``ru_maxrss`` is in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def provenance(seed: int | None, device: str) -> dict:
     versions = {}
     for name in PACKAGES:
@@ -47,8 +52,8 @@ def provenance(seed: int | None, device: str) -> dict:
         "python": platform.python_version(),
         "host": platform.node(),
         "seed": seed,
-        # this process's peak resident set size so far (MB; a process forked from the fork
-        # server starts from the server's, which holds the same imports)
-        "host_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        # a process forked from the fork server starts from the server's, which holds the same
+        # imports
+        "host_peak_rss_mb": round(host_peak_rss_mb(), 1),
         "time_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
