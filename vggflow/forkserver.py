@@ -54,7 +54,9 @@ import time
 import traceback
 from pathlib import Path
 
-PRELOAD = ("torch", "torch._dynamo", "torch._decomp.decompositions_for_jvp")
+# what torch.func's transforms import at their first call (VGG-Flow imports them when built)
+TORCH_FUNC_IMPORTS = ("torch._dynamo", "torch._decomp.decompositions_for_jvp")
+PRELOAD = ("torch", *TORCH_FUNC_IMPORTS)
 # environment variables that may be read while the preloaded modules are imported
 KEY_ENV_PREFIXES = ("OMP_", "GOMP_", "KMP_", "MKL_", "OPENBLAS_", "GOTO_", "VECLIB_", "NUMEXPR_",
                     "TORCH", "PYTORCH", "CUDA", "NVIDIA_", "LD_", "PYTHON")
@@ -62,6 +64,8 @@ FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUI
                      signal.SIGUSR1, signal.SIGUSR2)
 DEFAULT_IDLE_S = 120.0
 START_TIMEOUT_S = 30.0  # the longest a caller waits for its fork to report its pid
+HEADER_FORMAT = "!I"  # a request's size in bytes (0: a ping), sent with its three descriptors
+PID_FORMAT = "!i"  # the fork's reply: its pid
 EXIT_FORMAT = "!i"  # the exit status, or minus the signal that ended the command
 GO = b"g"  # the caller's go-ahead: it will forward signals and wait
 MAX_SOCKET_PATH = 107  # bytes of a Unix socket's path on Linux
@@ -174,16 +178,16 @@ def run(argv: list[str]) -> int:
                           "path": sys.path, "umask": _umask()}).encode()
     streams = [fd if _is_open(fd) else os.open(os.devnull, os.O_RDWR) for fd in (0, 1, 2)]
     try:
-        client.sendmsg([struct.pack("!I", len(request)), request],
+        client.sendmsg([struct.pack(HEADER_FORMAT, len(request)), request],
                        [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", streams))])
         client.settimeout(START_TIMEOUT_S)
-        reply = _receive_exactly(client, 4)
+        reply = _receive_exactly(client, struct.calcsize(PID_FORMAT))
     except OSError:
         reply = None
     if reply is None:  # the server went away (idle exit) or is stuck: nothing has run yet
         client.close()
         _run_here(argv)
-    pid = struct.unpack("!i", reply)[0]
+    pid = struct.unpack(PID_FORMAT, reply)[0]
 
     def forward(signum, frame) -> None:
         try:
@@ -237,7 +241,7 @@ def ping() -> int:
         print(f"no server for this environment ({path})")
         return 1
     with client:
-        client.sendall(struct.pack("!I", 0))
+        client.sendall(struct.pack(HEADER_FORMAT, 0))
         reply = client.makefile().readline().strip()
     print(reply)
     return 0 if reply else 1
@@ -310,7 +314,7 @@ def _serve_request(conn: socket.socket, size: int, fds: list[int]) -> None:
             os.dup2(fd, target)
             os.close(fd)
         _become(request)
-        conn.sendall(struct.pack("!i", os.getpid()))
+        conn.sendall(struct.pack(PID_FORMAT, os.getpid()))
         if _receive_exactly(conn, len(GO)) != GO:
             os._exit(1)
         conn.settimeout(None)
@@ -330,16 +334,17 @@ def _receive_header(conn: socket.socket) -> tuple[int, list[int]]:
 
     The descriptors travel with the header's bytes, so they are read with it.
     """
-    header, fds = b"", array.array("i")
-    while len(header) < 4:
-        data, ancillary, _, _ = conn.recvmsg(4 - len(header), socket.CMSG_SPACE(3 * fds.itemsize))
+    header, fds, size = b"", array.array("i"), struct.calcsize(HEADER_FORMAT)
+    while len(header) < size:
+        data, ancillary, _, _ = conn.recvmsg(size - len(header),
+                                             socket.CMSG_SPACE(3 * fds.itemsize))
         if not data:
             raise ConnectionError("the caller closed the connection")
         header += data
         for level, kind, payload in ancillary:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                 fds.frombytes(payload[:len(payload) - len(payload) % fds.itemsize])
-    size = struct.unpack("!I", header)[0]
+    size = struct.unpack(HEADER_FORMAT, header)[0]
     if size and len(fds) != 3:
         raise ConnectionError(f"a request with {len(fds)} descriptors instead of 3")
     return size, list(fds)

@@ -59,6 +59,7 @@ from torch import Tensor, nn
 from torch.func import grad, jvp
 
 from vggflow.config import RunConfig, from_dict, require
+from vggflow.forkserver import TORCH_FUNC_IMPORTS
 from vggflow.methods.base import METHODS, MethodBase, OptimizerSettings
 from vggflow.regions import region
 from vggflow.sampling import Guidance, Rollout, euler_rollout, subsample_steps
@@ -188,7 +189,7 @@ class VGGFlow(MethodBase):
                 f"model.dtype float32 or prediction_velocity: held")
         # what torch.func's transforms import at their first call (about 2.5 s on a 2-core CPU):
         # imported here, so that the first update's time does not include it
-        for module in ("torch._dynamo", "torch._decomp.decompositions_for_jvp"):
+        for module in TORCH_FUNC_IMPORTS:
             importlib.import_module(module)
         self.model = suite.flow_model
         self.reward = suite.reward(cfg.reward)
